@@ -1,0 +1,18 @@
+"""An artifact store over any fsspec URL: verified, content-addressed, safe for many writers.
+
+Imports no torch: the CLI and tools use it on machines without PyTorch.
+"""
+
+from storage.errors import IntegrityError, StoreConfigError, StoreError, StoreUnavailable
+from storage.store import ArtifactStore, Entry, StoreStats, open_store
+
+__all__ = [
+    "ArtifactStore",
+    "Entry",
+    "IntegrityError",
+    "StoreConfigError",
+    "StoreError",
+    "StoreStats",
+    "StoreUnavailable",
+    "open_store",
+]

@@ -1,0 +1,19 @@
+"""The storage package's exceptions: one small hierarchy so callers catch one base class."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base of every error the store raises; callers that fail open catch this."""
+
+
+class StoreConfigError(StoreError):
+    """Bad input to `open_store` (URL, credentials, signing key): fix the config, not the store."""
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached or refused an operation after bounded retries."""
+
+
+class IntegrityError(StoreError):
+    """An object failed verification (digest, framing or signature); it is never handed out."""

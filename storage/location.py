@@ -1,0 +1,193 @@
+"""Turning a store URL into an fsspec filesystem and root path, with one clear error per bad input.
+
+This is the one place that knows anything about particular protocols (which extra to
+install, whether a root is a bucket); everything else speaks plain fsspec.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import tempfile
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+from storage.errors import StoreConfigError, StoreUnavailable
+from storage.retry import Retrier
+
+log = logging.getLogger(__name__)
+
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
+_LOOKS_LIKE_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/?[^/]")
+# protocol -> extra of this distribution that brings its fsspec backend.
+_EXTRAS = {"s3": "s3", "s3a": "s3"}
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """Local filesystems get temp-file + os.replace writes and are created on open."""
+    return isinstance(fs, LocalFileSystem)
+
+
+def _check_syntax(url: str) -> str | None:
+    """Return the URL's protocol (None for a plain path), or raise on a malformed URL."""
+    if not url or url != url.strip() or any(c in url for c in "\n\r\t\0"):
+        raise StoreConfigError(
+            f"malformed store URL {url!r}: empty or contains whitespace/control characters; "
+            "pass a path or a URL like s3://bucket/prefix"
+        )
+    head = url.split("::")[-1]  # fsspec chained URLs: the last element names the target
+    if "://" not in head:
+        m = _LOOKS_LIKE_SCHEME.match(head)
+        if m and not os.path.exists(head):
+            raise StoreConfigError(
+                f"malformed store URL {url!r}: did you mean {m.group(1)}://...? "
+                "(a protocol is followed by '://')"
+            )
+        return None
+    scheme, rest = head.split("://", 1)
+    if not _SCHEME_RE.match(scheme):
+        raise StoreConfigError(
+            f"malformed store URL {url!r}: {scheme!r} is not a valid protocol name; "
+            "use e.g. s3://bucket/prefix or a local path"
+        )
+    if scheme not in ("file", "local", "memory") and not rest.strip("/"):
+        raise StoreConfigError(
+            f"malformed store URL {url!r}: no bucket or host after '{scheme}://'; "
+            f"use {scheme}://bucket/prefix"
+        )
+    return scheme
+
+
+def _missing_backend(protocol: str, err: Exception) -> StoreConfigError:
+    extra = _EXTRAS.get(protocol)
+    if extra:
+        return StoreConfigError(
+            f"protocol '{protocol}://' needs an optional dependency that is not installed ({err}); "
+            f"run `pip install pt2-cache-coordinator[{extra}]`"
+        )
+    return StoreConfigError(
+        f"protocol '{protocol}://' needs a package that is not installed: {err}"
+    )
+
+
+def _credentials_problem(err: BaseException) -> bool:
+    names = {c.__name__ for c in type(err).__mro__}
+    return "NoCredentialsError" in names or "Unable to locate credentials" in str(err)
+
+
+def resolve(url: str, storage_options: dict[str, Any] | None = None,
+            retrier: Retrier | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return (filesystem, root path) for `url`, checking that the root is usable.
+
+    Local roots are created (so a plain directory works with no setup); bucket-style roots
+    must already exist, because creating buckets is the operator's decision, not ours.
+    """
+    protocol = _check_syntax(url)
+    try:
+        fs, root = url_to_fs(url, **(storage_options or {}))
+    except ImportError as e:
+        raise _missing_backend(protocol or "file", e) from e
+    except ValueError as e:
+        if "Protocol not known" in str(e):
+            known = ", ".join(sorted(p for p in fsspec.available_protocols() if len(p) > 1)[:20])
+            raise StoreConfigError(
+                f"unknown protocol in store URL {url!r}: {protocol!r} is not an fsspec protocol "
+                f"(known include: {known}, ...)"
+            ) from e
+        raise StoreConfigError(f"malformed store URL {url!r}: {e}") from e
+    except TypeError as e:
+        raise StoreConfigError(f"bad storage_options for {url!r}: {e}") from e
+    root = root.rstrip("/") or root
+    retrier = retrier or Retrier(url)
+    if is_local(fs):
+        _prepare_local(url, root)
+    else:
+        _check_remote(url, fs, root, retrier)
+    return fs, root
+
+
+def _prepare_local(url: str, root: str) -> None:
+    if os.path.isfile(root):
+        raise StoreConfigError(
+            f"store path {root} is a file, not a directory; "
+            "pass a directory (it is created if missing)"
+        )
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as e:
+        raise StoreConfigError(f"cannot create store directory {root} for {url!r}: {e}") from e
+
+
+def _check_remote(url: str, fs: fsspec.AbstractFileSystem, root: str, retrier: Retrier) -> None:
+    bucket = root.split("/", 1)[0]
+    try:
+        fs.invalidate_cache(root)
+        if root.startswith("/") or not bucket:
+            if retrier.call("stat root", lambda: fs.isfile(root)):
+                raise StoreConfigError(f"store URL {url!r} names a file, not a directory/prefix")
+            return
+        if not retrier.call("check bucket", lambda: fs.exists(bucket)):
+            raise StoreConfigError(
+                f"bucket {bucket!r} of store URL {url!r} does not exist (or is not visible with "
+                "these credentials); create it or fix the URL"
+            )
+        if root != bucket and retrier.call("stat root", lambda: fs.isfile(root)):
+            raise StoreConfigError(f"store URL {url!r} names an object, not a prefix")
+    except StoreUnavailable as e:
+        cause = e.__cause__
+        if cause is not None and _credentials_problem(cause):
+            raise _no_credentials(url) from cause
+        if isinstance(cause, PermissionError):
+            raise StoreConfigError(
+                f"access to store URL {url!r} denied ({cause}); check the credentials and "
+                "the bucket policy"
+            ) from cause
+        raise
+    except Exception as e:
+        if _credentials_problem(e):
+            raise _no_credentials(url) from e
+        raise
+
+
+def _no_credentials(url: str) -> StoreConfigError:
+    return StoreConfigError(
+        f"no credentials found for store URL {url!r}; set AWS_ACCESS_KEY_ID/"
+        "AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or pass storage_options={'anon': True} "
+        "for a public bucket"
+    )
+
+
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write so that a reader sees the old file, the new one, or nothing; never a partial one.
+
+    Local filesystems: temp file in the same directory + os.replace. Object stores: one PUT
+    (objects appear whole or not at all).
+    """
+    if not is_local(fs):
+        fs.pipe_file(path, data)
+        return
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def move(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:
+    """Move one file (atomic rename locally; copy + delete on object stores)."""
+    if is_local(fs):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.replace(src, dst)
+    else:
+        fs.mv(src, dst)

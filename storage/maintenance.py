@@ -1,0 +1,290 @@
+"""Walking a whole store (every fingerprint under v1/) for `pt2cc`: stats, verify and prune."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+
+from storage import framing
+from storage.errors import IntegrityError
+from storage.layout import (
+    INDEX,
+    OBJECTS,
+    QUARANTINE,
+    SNAPSHOTS,
+    Layout,
+    decode_segment,
+    is_digest,
+    versions_dir,
+)
+from storage.listing import FileInfo, find_files
+from storage.location import move
+from storage.retry import Retrier
+from storage.store import Entry
+
+log = logging.getLogger(__name__)
+
+# What a running job may have published but not yet indexed: never removed.
+MIN_AGE_S = 3600.0
+
+
+@dataclass
+class Scan:
+    """One recursive listing of a store, parsed."""
+
+    entries: list[Entry] = field(default_factory=list)
+    entry_paths: dict[Entry, str] = field(default_factory=dict)
+    objects: dict[tuple[str, str], FileInfo] = field(default_factory=dict)  # (fp, digest)
+    quarantine: list[tuple[str, FileInfo]] = field(default_factory=list)  # (fp, file)
+
+    @property
+    def fingerprints(self) -> list[str]:
+        fps = {fp for fp, _ in self.objects} | {e.fingerprint for e in self.entries}
+        return sorted(fps | {fp for fp, _ in self.quarantine})
+
+
+def scan(fs: fsspec.AbstractFileSystem, root: str, retrier: Retrier,
+         fingerprints: list[str] | None = None) -> Scan:
+    """List every object, entry and quarantined file under `root` (all fingerprints by default)."""
+    base = versions_dir(root)
+    if fingerprints is None:
+        files = find_files(fs, base, retrier)
+    else:
+        files = [f for fp in fingerprints for f in find_files(fs, f"{base}/{fp}", retrier)]
+    result = Scan()
+    pending: list[tuple[str, str, str, str, bool, FileInfo]] = []
+    for f in files:
+        rel = f.path[len(base):].strip("/") if f.path.startswith(base) else ""
+        parts = rel.split("/")
+        if len(parts) < 3:
+            continue
+        fp, section = parts[0], parts[1]
+        if section == OBJECTS and len(parts) == 4 and is_digest(parts[3]):
+            result.objects[(fp, parts[3])] = f
+        elif section == QUARANTINE and len(parts) == 3:
+            result.quarantine.append((fp, f))
+        elif section == INDEX and len(parts) == 5 and is_digest(parts[4]):
+            pending.append((fp, decode_segment(parts[2]), decode_segment(parts[3]), parts[4],
+                            False, f))
+        elif section == SNAPSHOTS and len(parts) == 4 and is_digest(parts[3]):
+            pending.append((fp, "snapshot", decode_segment(parts[2]), parts[3], True, f))
+    for fp, kind, key, digest, snap, f in pending:
+        obj = result.objects.get((fp, digest))
+        entry = Entry(fp, kind, key, digest, obj.size if obj else None, f.mtime, snap)
+        result.entries.append(entry)
+        result.entry_paths[entry] = f.path
+    result.entries.sort(key=lambda e: (e.fingerprint, e.snapshot, e.kind, e.key, -e.mtime))
+    return result
+
+
+def summarize(s: Scan) -> dict[str, dict[str, int]]:
+    """Per fingerprint: entries, keys, objects, bytes, quarantined files, dangling entries."""
+    out: dict[str, dict[str, int]] = {}
+    for fp in s.fingerprints:
+        entries = [e for e in s.entries if e.fingerprint == fp]
+        objs = [o for (f, _), o in s.objects.items() if f == fp]
+        quarantined = [q for f, q in s.quarantine if f == fp]
+        out[fp] = {
+            "entries": len(entries),
+            "keys": len({(e.snapshot, e.kind, e.key) for e in entries}),
+            "objects": len(objs),
+            "bytes": sum(o.size for o in objs),
+            "quarantined": len(quarantined),
+            "quarantined_bytes": sum(q.size for q in quarantined),
+            "dangling": sum(e.size is None for e in entries),
+        }
+    return out
+
+
+@dataclass
+class VerifyReport:
+    """What `verify` found: bad objects (fp, digest, reason) and entries naming missing objects."""
+
+    checked: int = 0
+    bad: list[tuple[str, str, str]] = field(default_factory=list)
+    dangling: list[Entry] = field(default_factory=list)
+    repaired: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad and not self.dangling
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "bad": [{"fingerprint": f, "digest": d, "reason": r} for f, d, r in self.bad],
+            "dangling": [{"fingerprint": e.fingerprint, "kind": e.kind, "key": e.key,
+                          "digest": e.digest} for e in self.dangling],
+            "repaired": self.repaired,
+        }
+
+
+def verify(fs: fsspec.AbstractFileSystem, root: str, retrier: Retrier,
+           signing_key: bytes | None, quarantine: bool = False) -> VerifyReport:
+    """Re-hash (and with a key, check the signature of) every object under `root`.
+
+    With `quarantine`, bad objects are moved aside and every entry naming a bad or missing
+    object is removed, so a second run reports a clean store.
+    """
+    s = scan(fs, root, retrier)
+    report = VerifyReport()
+    for (fp, digest), obj in sorted(s.objects.items()):
+        report.checked += 1
+        try:
+            blob = retrier.call("read object", lambda p=obj.path: fs.cat_file(p))
+            framing.decode(blob, digest, signing_key)
+        except FileNotFoundError:
+            continue  # removed since the listing
+        except IntegrityError as e:
+            report.bad.append((fp, digest, str(e)))
+    report.dangling = [e for e in s.entries if e.size is None]
+    if quarantine and not report.ok:
+        bad = {(fp, d) for fp, d, _ in report.bad}
+        for fp, digest in sorted(bad):
+            dst = Layout(root, fp).quarantine_path(digest, str(time.time_ns()))
+            with contextlib.suppress(FileNotFoundError):
+                retrier.call("quarantine", lambda o=s.objects[(fp, digest)].path, d=dst:
+                             move(fs, o, d))
+            log.warning("quarantined %s/%s", fp, digest)
+        stale = [s.entry_paths[e] for e in s.entries
+                 if e.size is None or (e.fingerprint, e.digest) in bad]
+        _remove(fs, stale, retrier)
+        report.repaired = True
+    return report
+
+
+@dataclass
+class PrunePlan:
+    """What `prune` removes (or would remove, in a dry run), and the bytes before and after."""
+
+    entries: list[Entry] = field(default_factory=list)
+    objects: list[tuple[str, str]] = field(default_factory=list)
+    quarantine: list[str] = field(default_factory=list)
+    bytes_before: int = 0
+    bytes_freed: int = 0
+    applied: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "applied": self.applied,
+            "entries": len(self.entries),
+            "objects": len(self.objects),
+            "quarantined_files": len(self.quarantine),
+            "bytes_before": self.bytes_before,
+            "bytes_freed": self.bytes_freed,
+            "bytes_after": self.bytes_before - self.bytes_freed,
+        }
+
+
+def plan_prune(s: Scan, older_than_s: float | None, max_bytes: int | None,
+               now: float | None = None, min_age_s: float = MIN_AGE_S) -> PrunePlan:
+    """Choose entries older than `older_than_s`, then the oldest others until under `max_bytes`.
+
+    Nothing younger than `min_age_s` is chosen: a running job may have written an object
+    whose index entry is not there yet. Objects go only when no kept entry names them.
+    """
+    now = time.time() if now is None else now
+    settled = now - min_age_s
+    plan = PrunePlan()
+    plan.bytes_before = sum(o.size for o in s.objects.values()) + sum(q.size
+                                                                      for _, q in s.quarantine)
+    refs = Counter((e.fingerprint, e.digest) for e in s.entries)
+    chosen: set[Entry] = set()
+    freed: set[tuple[str, str]] = set()
+
+    def drop(e: Entry) -> None:
+        chosen.add(e)
+        ident = (e.fingerprint, e.digest)
+        refs[ident] -= 1
+        obj = s.objects.get(ident)
+        if refs[ident] == 0 and obj is not None and obj.mtime < settled:
+            freed.add(ident)
+            plan.bytes_freed += obj.size
+
+    age_cut = None if older_than_s is None else now - max(older_than_s, min_age_s)
+    by_age = sorted(s.entries, key=lambda e: e.mtime)
+    for e in by_age:
+        if e.mtime < settled and (e.size is None or (age_cut is not None and e.mtime < age_cut)):
+            drop(e)
+    for ident, obj in s.objects.items():  # orphans: no entry names them
+        if refs[ident] <= 0 and ident not in freed and obj.mtime < settled:
+            freed.add(ident)
+            plan.bytes_freed += obj.size
+    old_q = sorted((q for _, q in s.quarantine if q.mtime < settled), key=lambda q: q.mtime)
+    for q in old_q:
+        if age_cut is not None and q.mtime < age_cut:
+            plan.quarantine.append(q.path)
+            plan.bytes_freed += q.size
+    if max_bytes is not None:
+        for q in old_q:
+            if plan.bytes_before - plan.bytes_freed <= max_bytes:
+                break
+            if q.path not in plan.quarantine:
+                plan.quarantine.append(q.path)
+                plan.bytes_freed += q.size
+        for e in by_age:
+            if plan.bytes_before - plan.bytes_freed <= max_bytes or e.mtime >= settled:
+                break
+            if e not in chosen:
+                drop(e)
+    plan.entries = [e for e in by_age if e in chosen]
+    plan.objects = sorted(freed)
+    return plan
+
+
+def apply_prune(fs: fsspec.AbstractFileSystem, root: str, retrier: Retrier, plan: PrunePlan,
+                s: Scan, min_age_s: float = MIN_AGE_S) -> None:
+    """Remove the plan's entries, then objects that are still unreferenced after a fresh scan.
+
+    The second scan catches entries published while pruning, so no entry is left naming a
+    removed object.
+    """
+    _remove(fs, [s.entry_paths[e] for e in plan.entries], retrier)
+    fresh = scan(fs, root, retrier)
+    referenced = {(e.fingerprint, e.digest) for e in fresh.entries}
+    settled = time.time() - min_age_s
+    doomed = []
+    for ident in plan.objects:
+        obj = fresh.objects.get(ident)
+        if obj is not None and ident not in referenced and obj.mtime < settled:
+            doomed.append(obj.path)
+    _remove(fs, doomed + plan.quarantine, retrier)
+    plan.applied = True
+
+
+def _remove(fs: fsspec.AbstractFileSystem, paths: list[str], retrier: Retrier) -> None:
+    for i in range(0, len(paths), 500):
+        batch = paths[i:i + 500]
+        try:
+            retrier.call("remove", lambda b=batch: fs.rm(b))
+        except FileNotFoundError:
+            for p in batch:
+                with contextlib.suppress(FileNotFoundError):
+                    retrier.call("remove", lambda p=p: fs.rm_file(p))
+
+
+def group_entries(entries: list[Entry]) -> list[dict[str, Any]]:
+    """Entries grouped per (fingerprint, kind, key): variants, bytes and newest mtime."""
+    groups: dict[tuple[str, bool, str, str], list[Entry]] = defaultdict(list)
+    for e in entries:
+        groups[(e.fingerprint, e.snapshot, e.kind, e.key)].append(e)
+    return [
+        {
+            "fingerprint": fp,
+            "kind": kind,
+            "key": key,
+            "snapshot": snap,
+            "variants": len(es),
+            "bytes": sum(e.size or 0 for e in es),
+            "newest": max(e.mtime for e in es),
+            "digests": [e.digest for e in es],
+        }
+        for (fp, snap, kind, key), es in sorted(groups.items())
+    ]

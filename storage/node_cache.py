@@ -1,0 +1,108 @@
+"""A node-local read-through tier: each object is downloaded once per machine, not once per rank.
+
+Objects are cached by digest as the framed bytes the store holds, so they are verified on
+every read exactly like remote ones. A per-digest `flock` makes the other processes on the
+node wait for the first one's download instead of starting their own. Size is bounded with
+LRU eviction: a hit touches the file's mtime, eviction removes the oldest first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class NodeCache:
+    """Objects cached by digest under `directory`, at most about `max_bytes` in total."""
+
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int = 10 * 2**30) -> None:
+        self.dir = Path(directory)
+        self.max_bytes = max_bytes
+        self._locks = self.dir / ".locks"
+        self._locks.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, digest: str) -> Path:
+        return self.dir / digest[:2] / digest
+
+    def get(self, digest: str) -> bytes | None:
+        """The cached bytes of `digest`, or None; a hit makes it the most recently used."""
+        path = self._path(digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)
+        return data
+
+    def put(self, digest: str, data: bytes) -> None:
+        """Store bytes atomically (temp file + os.replace), then evict down to the size bound."""
+        path = self._path(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self.evict()
+
+    def discard(self, digest: str) -> None:
+        """Drop a cached copy (e.g. one that failed verification) so it is fetched again."""
+        with contextlib.suppress(FileNotFoundError):
+            self._path(digest).unlink()
+
+    @contextlib.contextmanager
+    def lock(self, digest: str) -> Iterator[None]:
+        """Hold the node-wide lock for `digest` while one process downloads it."""
+        with open(self._locks / digest, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _files(self) -> list[tuple[float, int, Path]]:
+        found = []
+        for sub in self.dir.iterdir():
+            if sub.name.startswith(".") or not sub.is_dir():
+                continue
+            for entry in os.scandir(sub):
+                if entry.name.startswith("."):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    st = entry.stat()
+                    found.append((st.st_mtime, st.st_size, Path(entry.path)))
+        return found
+
+    def size(self) -> int:
+        """Bytes currently cached."""
+        return sum(size for _, size, _ in self._files())
+
+    def evict(self) -> None:
+        """Remove least recently used objects until the total is within `max_bytes`.
+
+        Readers that already opened a file keep reading it after unlink, so eviction needs
+        no coordination with them.
+        """
+        files = self._files()
+        total = sum(size for _, size, _ in files)
+        if total <= self.max_bytes:
+            return
+        for _, size, path in sorted(files, key=lambda f: f[0]):
+            if total <= self.max_bytes:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                log.debug("node cache evicted %s (%d bytes)", path.name, size)
+            total -= size

@@ -1,0 +1,266 @@
+"""The artifact store: verified, content-addressed objects plus an index of variants per key."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import fsspec
+
+from storage import framing
+from storage.errors import IntegrityError, StoreConfigError, StoreUnavailable
+from storage.layout import Layout, is_digest, is_fingerprint
+from storage.listing import list_files
+from storage.location import move, resolve, write_atomic
+from storage.node_cache import NodeCache
+from storage.retry import Retrier
+from storage.signing import load_signing_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StoreStats:
+    """Counters of one store handle, for the end-of-job summary."""
+
+    gets: int = 0
+    hits: int = 0
+    puts: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    errors: int = 0
+    quarantined: int = 0
+    node_cache_hits: int = 0
+    fetches: int = 0  # objects downloaded from the store (not served by the node cache)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One index (or snapshot) entry and the object it names; size is None if the object is gone."""
+
+    fingerprint: str
+    kind: str
+    key: str
+    digest: str
+    size: int | None
+    mtime: float
+    snapshot: bool = False
+
+
+class ArtifactStore:
+    """Get and publish artifacts of one fingerprint under one store URL.
+
+    Reads fail closed on integrity (a bad object is quarantined and skipped) and raise
+    StoreUnavailable on outages, which callers turn into a local compile.
+    """
+
+    def __init__(self, url: str, fs: fsspec.AbstractFileSystem, root: str, fingerprint: str,
+                 signing_key: bytes | None, retrier: Retrier,
+                 node_cache: NodeCache | None = None) -> None:
+        self.url = url
+        self.fs = fs
+        self.root = root
+        self.fingerprint = fingerprint
+        self.layout = Layout(root, fingerprint)
+        self.stats = StoreStats()
+        self.node_cache = node_cache
+        self._key = signing_key
+        self._retrier = retrier
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({self.url!r}, fingerprint={self.fingerprint!r})"
+
+    @property
+    def signed(self) -> bool:
+        """Whether this handle signs what it writes and refuses unsigned objects."""
+        return self._key is not None
+
+    def _count(self, **deltas: int) -> None:
+        with self._lock:
+            for name, delta in deltas.items():
+                setattr(self.stats, name, getattr(self.stats, name) + delta)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get_variants(self, kind: str, key: str) -> list[bytes]:
+        """All verified variants stored under (kind, key), newest first; [] on a miss."""
+        self._count(gets=1)
+        payloads = self._read_entries(self.layout.variants_dir(kind, key), first_only=False)
+        if payloads:
+            self._count(hits=1)
+        return payloads
+
+    def get_snapshot(self, tag: str) -> bytes | None:
+        """The newest verified snapshot published under `tag`, or None."""
+        self._count(gets=1)
+        payloads = self._read_entries(self.layout.snapshot_dir(tag), first_only=True)
+        if payloads:
+            self._count(hits=1)
+        return payloads[0] if payloads else None
+
+    def _read_entries(self, directory: str, first_only: bool) -> list[bytes]:
+        try:
+            files = [f for f in list_files(self.fs, directory, self._retrier) if is_digest(f.name)]
+            files.sort(key=lambda f: (-f.mtime, f.name))
+            out: list[bytes] = []
+            for f in files:
+                payload = self._load(f.name)
+                if payload is not None:
+                    out.append(payload)
+                    if first_only:
+                        break
+            return out
+        except StoreUnavailable:
+            self._count(errors=1)
+            raise
+
+    def _load(self, digest: str) -> bytes | None:
+        """The verified payload of an object; None if it is missing or was just quarantined."""
+        try:
+            return self._load_verified(digest)
+        except FileNotFoundError:
+            log.debug("index of %s names missing object %s (pruned or quarantined)",
+                      self.url, digest)
+            return None
+        except IntegrityError as e:
+            self._quarantine(digest, e)
+            return None
+
+    def _fetch(self, digest: str) -> bytes:
+        path = self.layout.object_path(digest)
+        blob = self._retrier.call("get object", lambda: self.fs.cat_file(path))
+        self._count(fetches=1, bytes_read=len(blob))
+        return blob
+
+    def _from_node_cache(self, digest: str) -> bytes | None:
+        assert self.node_cache is not None
+        blob = self.node_cache.get(digest)
+        if blob is None:
+            return None
+        try:
+            payload = framing.decode(blob, digest, self._key)
+        except IntegrityError as e:
+            log.warning("node cache copy of %s failed verification (%s); fetching again",
+                        digest, e)
+            self.node_cache.discard(digest)
+            return None
+        self._count(node_cache_hits=1)
+        return payload
+
+    def _load_verified(self, digest: str) -> bytes:
+        nc = self.node_cache
+        if nc is None:
+            return framing.decode(self._fetch(digest), digest, self._key)
+        payload = self._from_node_cache(digest)
+        if payload is not None:
+            return payload
+        with nc.lock(digest):  # the first process on the node downloads; the rest wait
+            payload = self._from_node_cache(digest)
+            if payload is not None:
+                return payload
+            blob = self._fetch(digest)
+            payload = framing.decode(blob, digest, self._key)
+            try:
+                nc.put(digest, blob)
+            except OSError as e:
+                log.warning("node cache %s not writable (%s); continuing without it", nc.dir, e)
+            return payload
+
+    def _quarantine(self, digest: str, err: IntegrityError) -> None:
+        """Move a bad object aside so that no reader trips over it again, and say so once."""
+        self._count(quarantined=1)
+        if digest not in self._warned:
+            self._warned.add(digest)
+            log.warning("store %s: object %s refused and quarantined: %s", self.url, digest, err)
+        src = self.layout.object_path(digest)
+        dst = self.layout.quarantine_path(digest, str(time.time_ns()))
+        try:
+            self._retrier.call("quarantine", lambda: move(self.fs, src, dst))
+        except FileNotFoundError:
+            pass  # another reader moved it first
+        except StoreUnavailable as e:
+            log.warning("could not quarantine %s: %s", digest, e)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def put(self, kind: str, key: str, data: bytes) -> str:
+        """Publish one variant under (kind, key); returns its sha256 hex digest."""
+        return self._publish(self.layout.variants_dir(kind, key), data)
+
+    def put_snapshot(self, tag: str, data: bytes) -> str:
+        """Publish a bulk snapshot (e.g. torch.compiler.save_cache_artifacts bytes) under `tag`."""
+        return self._publish(self.layout.snapshot_dir(tag), data)
+
+    def _publish(self, entry_dir: str, data: bytes) -> str:
+        """Object first, entry second, so a live writer never leaves an entry without object.
+
+        The object is written even when it exists: the write is idempotent, repairs a
+        damaged copy and refreshes its mtime, which keeps `prune` from removing it while
+        this entry is being added.
+        """
+        digest = framing.digest_of(data)
+        blob = framing.encode(data, self._key)
+        obj = self.layout.object_path(digest)
+        entry = f"{entry_dir}/{digest}"
+        marker = digest.encode()
+        try:
+            self._retrier.call("put object", lambda: write_atomic(self.fs, obj, blob))
+            self._retrier.call("put entry", lambda: write_atomic(self.fs, entry, marker))
+        except FileNotFoundError as e:  # e.g. the bucket vanished under us
+            self._count(errors=1)
+            raise StoreUnavailable(f"store {self.url}: put failed: {e}") from e
+        except StoreUnavailable:
+            self._count(errors=1)
+            raise
+        self._count(puts=1, bytes_written=len(blob) + len(marker))
+        return digest
+
+    # -- walking ---------------------------------------------------------------------------
+
+    def iter_entries(self) -> Iterator[Entry]:
+        """Every index and snapshot entry of this fingerprint (for the CLI and tests)."""
+        from storage.maintenance import scan
+
+        yield from scan(self.fs, self.root, self._retrier, [self.fingerprint]).entries
+
+
+def open_store(url: str, *, fingerprint: str, storage_options: dict[str, Any] | None = None,
+               node_cache_dir: str | None = None, node_cache_max_bytes: int = 10 * 2**30,
+               signing_key: bytes | None = None, retries: int = 5,
+               timeout_s: float = 30.0) -> ArtifactStore:
+    """Open the store at `url` (a path, file://, memory://, s3://bucket/prefix, any fsspec URL).
+
+    Connection settings come the fsspec way: `storage_options`, fsspec's config, and the
+    backend's own environment variables (AWS_ENDPOINT_URL, AWS_PROFILE, ...). With
+    `signing_key` None the key comes from PT2CC_SIGNING_KEY or PT2CC_SIGNING_KEY_FILE.
+    Raises StoreConfigError naming the problem and the fix for bad input.
+    """
+    if not is_fingerprint(fingerprint):
+        raise StoreConfigError(
+            f"fingerprint {fingerprint!r} is not a plain path segment; use letters, digits, "
+            "'.', '_', '+' and '-' (not starting with '.')"
+        )
+    if retries < 1 or timeout_s <= 0:
+        raise StoreConfigError("retries must be >= 1 and timeout_s > 0")
+    key = load_signing_key(signing_key)
+    retrier = Retrier(url, attempts=retries, timeout_s=timeout_s)
+    fs, root = resolve(url, storage_options, retrier)
+    node_cache = None
+    if node_cache_dir:
+        try:
+            node_cache = NodeCache(node_cache_dir, node_cache_max_bytes)
+        except OSError as e:
+            raise StoreConfigError(
+                f"node cache directory {node_cache_dir} is not usable ({e}); "
+                "point it at a writable local directory"
+            ) from e
+    return ArtifactStore(url, fs, root, fingerprint, key, retrier, node_cache)
