@@ -288,3 +288,23 @@ def group_entries(entries: list[Entry]) -> list[dict[str, Any]]:
         }
         for (fp, snap, kind, key), es in sorted(groups.items())
     ]
+
+
+@dataclass
+class StoreRoot:
+    """A store URL opened for maintenance: every fingerprint under it, no signing policy."""
+
+    url: str
+    fs: fsspec.AbstractFileSystem
+    root: str
+    retrier: Retrier
+
+
+def open_root(url: str, storage_options: dict[str, Any] | None = None, retries: int = 5,
+              timeout_s: float = 30.0) -> StoreRoot:
+    """Resolve `url` with the same checks and error messages as `open_store`."""
+    from storage.location import resolve
+
+    retrier = Retrier(url, attempts=retries, timeout_s=timeout_s)
+    fs, root = resolve(url, storage_options, retrier)
+    return StoreRoot(url, fs, root, retrier)
