@@ -1,0 +1,52 @@
+import multiprocessing
+import threading
+
+from store_workers import put_variant
+
+from storage import open_store
+
+FP = "fp-conc"
+
+
+def test_threads_publish_same_key(store_url):
+    store = open_store(store_url, fingerprint=FP)
+    errors: list[BaseException] = []
+    payloads = [b"same"] * 4 + [b"variant-%d" % i for i in range(4)]
+    start = threading.Barrier(len(payloads))
+
+    def worker(data: bytes) -> None:
+        try:
+            start.wait()
+            for _ in range(3):
+                store.put("fx", "k", data)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(p,)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(store.get_variants("fx", "k")) == sorted(set(payloads))
+    assert store.stats.puts == 3 * len(payloads) and store.stats.quarantined == 0
+
+
+def test_processes_publish_same_key(store_url):
+    ctx = multiprocessing.get_context("spawn")
+    n = 3
+    barrier, out = ctx.Barrier(n), ctx.Queue()
+    datas = [b"identical"] * 2 + [b"another"]
+    procs = [ctx.Process(target=put_variant, args=(store_url, FP, d, barrier, out))
+             for d in datas]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    for variants in results:  # every writer saw at least its own variant, whole
+        assert set(variants) <= {b"identical", b"another"}
+    final = open_store(store_url, fingerprint=FP)
+    assert sorted(final.get_variants("fx", "shared-key")) == [b"another", b"identical"]
+    assert final.stats.quarantined == 0

@@ -1,0 +1,68 @@
+import multiprocessing
+import os
+import time
+
+from store_workers import read_through_node_cache
+
+from storage import open_store
+from storage.node_cache import NodeCache
+
+FP = "fp-node"
+
+
+def test_processes_on_one_node_download_once(store_url, tmp_path):
+    payload = os.urandom(256 * 1024)
+    open_store(store_url, fingerprint=FP).put("fx", "big", payload)
+    cache_dir = str(tmp_path / "node-cache")
+    ctx = multiprocessing.get_context("spawn")
+    n = 3
+    barrier, out = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=read_through_node_cache,
+                         args=(store_url, FP, cache_dir, barrier, out)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    assert all(variants == [payload] for variants, _ in results)
+    assert sum(stats["fetches"] for _, stats in results) == 1
+    assert sum(stats["node_cache_hits"] for _, stats in results) == n - 1
+
+
+def test_node_cache_serves_repeat_reads(tmp_path):
+    store = open_store(str(tmp_path / "s"), fingerprint=FP, node_cache_dir=str(tmp_path / "nc"))
+    store.put("fx", "k", b"abc")
+    for _ in range(3):
+        assert store.get_variants("fx", "k") == [b"abc"]
+    assert store.stats.fetches == 1 and store.stats.node_cache_hits == 2
+
+
+def test_corrupt_node_copy_is_refetched_not_quarantined(tmp_path):
+    store = open_store(str(tmp_path / "s"), fingerprint=FP, node_cache_dir=str(tmp_path / "nc"))
+    digest = store.put("fx", "k", b"abc")
+    assert store.get_variants("fx", "k") == [b"abc"]
+    cached = tmp_path / "nc" / digest[:2] / digest
+    cached.write_bytes(b"bit rot")
+    assert store.get_variants("fx", "k") == [b"abc"]
+    assert store.stats.fetches == 2 and store.stats.quarantined == 0
+    assert cached.read_bytes() != b"bit rot"
+
+
+def test_lru_eviction(tmp_path):
+    nc = NodeCache(tmp_path, max_bytes=3000)
+    digests = [f"{i:02d}" + "0" * 62 for i in range(4)]
+    for i, d in enumerate(digests[:3]):
+        nc.put(d, bytes(1000))
+        os.utime(nc._path(d), (time.time() - 100 + i, time.time() - 100 + i))
+    assert nc.get(digests[0]) is not None  # touch: now most recently used
+    nc.put(digests[3], bytes(1000))  # over the bound: evict the oldest, digests[1]
+    assert nc.get(digests[1]) is None
+    assert all(nc.get(d) is not None for d in (digests[0], digests[2], digests[3]))
+    assert nc.size() == 3000
+
+
+def test_object_larger_than_cache_is_not_kept(tmp_path):
+    nc = NodeCache(tmp_path, max_bytes=10)
+    nc.put("ab" + "0" * 62, bytes(100))
+    assert nc.size() == 0
