@@ -1,0 +1,3 @@
+from coordinator.launcher import main
+
+main()

@@ -1,0 +1,115 @@
+"""`install()`: the one call that puts a process under the coordinator."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from coordinator import fingerprint
+from coordinator import log as rank_log
+from coordinator.artifacts import Artifacts
+from coordinator.config import Config
+from coordinator.errors import ConfigError
+from coordinator.kernels import KernelFiles
+from coordinator.single_flight import SingleFlight, connect_job_store
+from coordinator.stats import RankStats
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_active: _Installation | None = None
+
+
+class _Installation:
+    def __init__(self, config: Config, store: Any | None, flight: SingleFlight,
+                 stats: RankStats, undo: Callable[[], None]) -> None:
+        self.config, self.store, self.flight, self.stats, self._undo = (
+            config, store, flight, stats, undo)
+
+    def report(self) -> dict:
+        snap = self.stats.snapshot(flight=self.flight, store=self.store)
+        log.info("%s", RankStats.summary_line(snap))
+        if self.config.stats_file:
+            RankStats.write(self.config.stats_file, snap)
+        return snap
+
+    def close(self) -> None:
+        self.flight.close()
+        self._undo()
+
+
+def install(cache: str | None = None, config: Config | None = None, **settings: Any) -> Config:
+    """Route this process's torch.compile caches through the store at `cache`.
+
+    `cache` is any fsspec URL or local path (default: PT2CC_CACHE, else a local directory).
+    Settings are Config's fields; PT2CC_* variables fill in the rest. Call it before the
+    first compile. Raises ConfigError (and StoreConfigError from storage) for bad input;
+    a store that is merely unreachable only logs a warning and every rank compiles.
+    """
+    global _active
+    with _lock:
+        if _active is not None:
+            return _active.config
+        if config is None:
+            config = Config.from_env(cache_url=cache, **settings)
+        elif cache is not None or settings:
+            raise ConfigError("pass either a Config or cache/settings, not both")
+        rank_log.setup(config.log_level)
+        rank = rank_log.rank()
+        store = _open_store(config)
+        flight = SingleFlight(
+            connect_job_store(config.store_timeout_s) if store is not None else None,
+            rank, wait_timeout_s=config.wait_timeout_s, stale_after_s=config.stale_after_s,
+            heartbeat_s=config.heartbeat_s,
+        )
+        stats = RankStats(rank=rank)
+        from coordinator import hooks
+
+        undo = hooks.install(Artifacts(store, flight, KernelFiles(), stats))
+        _active = _Installation(config, store, flight, stats, undo)
+        atexit.register(_at_exit)
+        log.debug("installed: store %s, %s", config.cache_url,
+                  "coordinated over the job's c10d store" if flight.coordinated else "no peers")
+        return config
+
+
+def uninstall() -> dict | None:
+    """Report, release every claim and undo every hook (tests; atexit does it otherwise)."""
+    global _active
+    with _lock:
+        if _active is None:
+            return None
+        active, _active = _active, None
+    snap = active.report()
+    active.close()
+    return snap
+
+
+def _at_exit() -> None:
+    try:
+        uninstall()
+    except Exception:  # noqa: BLE001 - never turn a finished job into a failed exit
+        log.exception("writing the coordinator's summary failed")
+
+
+def _open_store(config: Config) -> Any | None:
+    from storage import StoreUnavailable, open_store
+
+    fields = fingerprint.describe()
+    fp = fingerprint.fingerprint(fields)
+    try:
+        store = open_store(
+            config.cache_url, fingerprint=fp, node_cache_dir=config.node_cache_dir,
+            node_cache_max_bytes=config.node_cache_max_bytes, timeout_s=config.store_timeout_s,
+        )
+    except StoreUnavailable as exc:
+        log.warning("store %s is unavailable (%s); every rank compiles for itself",
+                    config.cache_url, exc)
+        return None
+    log.debug("store %s, fingerprint %s (%s)", config.cache_url, fp, fields)
+    os.environ.setdefault("PT2CC_FINGERPRINT", fp)
+    return store

@@ -1,0 +1,175 @@
+"""The policy behind PyTorch's cache lookups: store first, then single-flight, then compile.
+
+`hooks.py` forwards PyTorch's calls here and holds no policy of its own. Nothing in this
+module raises into a compile: a failing store or peer turns into a local compile and one
+log line.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+
+from coordinator import compat, envelope
+from coordinator.kernels import KernelFiles
+from coordinator.single_flight import SingleFlight, WaitResult
+from coordinator.stats import RankStats
+
+log = logging.getLogger(__name__)
+
+# Kinds whose miss is worth one rank compiling while the others wait: an FX graph is where
+# Inductor spends the compile. AOTAutograd entries are looked up *before* AOTAutograd
+# decides to bypass its cache (it does under DDP's graph splitting), so a claim there
+# would be held for a whole compile and never published; ranks trace AOT themselves and
+# meet at the FX graph. Autotune and PGO lookups repeat and are often never saved.
+CLAIMING_KINDS = frozenset({"fxgraph"})
+# Kinds whose local entries PyTorch evaluates guards on (GuardedCache subclasses).
+GUARDED_KINDS = frozenset({"fxgraph", "aotautograd"})
+
+STORE_RETRY_AFTER_S = 60.0
+
+
+class Artifacts:
+    """Looks up, waits for and publishes one process's compiled artifacts."""
+
+    def __init__(self, store: object | None, flight: SingleFlight, kernels: KernelFiles,
+                 stats: RankStats) -> None:
+        self._store = store
+        self._flight = flight
+        self._kernels = kernels
+        self._stats = stats
+        self._offered: dict[tuple[str, str], set[str]] = {}  # digests handed to PyTorch
+        self._listed: set[tuple[str, str]] = set()  # keys offer_local already fetched
+        self._lock = threading.Lock()
+        self._store_down_until = 0.0
+
+    # -- called by the hooks -------------------------------------------------------------
+
+    def offer_local(self, kind: str, key: str, subdir: str) -> None:
+        """Put every stored variant of `key` where PyTorch's guard evaluation will see it."""
+        if (kind, key) in self._listed:
+            return
+        self._listed.add((kind, key))
+        for digest, blob in self._fetch(kind, key):
+            self._materialize(kind, key, digest, blob, subdir)
+
+    def get(self, kind: str, key: str) -> bytes | None:
+        """PyTorch's remote lookup, reached when no local entry's guards held."""
+        try:
+            if found := self._fresh_variant(kind, key):
+                return found
+            if kind not in CLAIMING_KINDS or not self._flight.coordinated or self._store_down():
+                return None
+            if self._flight.claim(kind, key):
+                self._stats.claimed += 1
+                return None
+            result = self._flight.wait(kind, key)
+            if result is WaitResult.DONE and (found := self._fresh_variant(kind, key)):
+                self._stats.loaded_after_wait += 1
+                return found
+            return None
+        except Exception:  # noqa: BLE001 - a bug here must cost a compile, not the job
+            log.exception("lookup of %s %s failed; compiling locally", kind, key)
+            return None
+
+    def put(self, kind: str, key: str, value: bytes) -> None:
+        """PyTorch publishing a fresh entry: store it, then let waiters in."""
+        try:
+            files = self._kernels.take_new() if kind == "fxgraph" else {}
+            if self._store is not None and not self._store_down():
+                blob = envelope.pack(value, files)
+                self._store.put(kind, key, blob)  # type: ignore[attr-defined]
+                self._note_offered(kind, key, _digest(blob))
+                self._stats.published += 1
+        except Exception as exc:  # noqa: BLE001
+            self._store_failed(exc, f"publishing {kind} {key}")
+        finally:
+            self._flight.finish(kind, key)
+
+    def compile_ended(self) -> None:
+        """A Dynamo compile (or lazy backward compile) ended: no claim outlives it."""
+        self._flight.finish_all()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _fresh_variant(self, kind: str, key: str) -> bytes | None:
+        """The newest stored variant this process has not offered to PyTorch yet."""
+        with self._lock:
+            offered = set(self._offered.get((kind, key), ()))
+        fresh = [(d, b) for d, b in self._fetch(kind, key) if d not in offered]
+        if not fresh:
+            return None
+        digest, blob = fresh[0]
+        if kind in GUARDED_KINDS:
+            # Older variants go to the local dir for the next lookup's guard evaluation.
+            subdir = _local_dir(kind, key)
+            for other_digest, other in fresh[1:]:
+                self._materialize(kind, key, other_digest, other, subdir)
+        try:
+            payload, files = envelope.unpack(blob)
+        except envelope.EnvelopeError as exc:
+            log.warning("ignoring foreign object under %s %s: %s", kind, key, exc)
+            return None
+        self._kernels.place(files)
+        self._note_offered(kind, key, digest)
+        self._stats.loaded += 1
+        return payload
+
+    def _materialize(self, kind: str, key: str, digest: str, blob: bytes, subdir: str) -> None:
+        try:
+            payload, files = envelope.unpack(blob)
+            content = base64.b64decode(json.loads(payload)["data"])
+        except (envelope.EnvelopeError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable object under %s %s: %s", kind, key, exc)
+            return
+        self._kernels.place(files)
+        os.makedirs(subdir, exist_ok=True)
+        path = os.path.join(subdir, compat.local_entry_name(content))
+        if not os.path.exists(path):
+            tmp = os.path.join(subdir, f".pt2cc-{os.getpid()}.tmp")  # dot: PyTorch skips it
+            with open(tmp, "wb") as f:
+                f.write(content)
+            os.replace(tmp, path)
+            self._stats.materialized += 1
+        self._note_offered(kind, key, digest)
+
+    def _fetch(self, kind: str, key: str) -> list[tuple[str, bytes]]:
+        if self._store is None or self._store_down():
+            return []
+        try:
+            variants = self._store.get_variants(kind, key)  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001
+            self._store_failed(exc, f"looking up {kind} {key}")
+            return []
+        return [(_digest(b), b) for b in variants]
+
+    def _note_offered(self, kind: str, key: str, digest: str) -> None:
+        with self._lock:
+            self._offered.setdefault((kind, key), set()).add(digest)
+
+    def _store_down(self) -> bool:
+        return time.monotonic() < self._store_down_until
+
+    def _store_failed(self, exc: Exception, what: str) -> None:
+        self._stats.store_errors += 1
+        if not self._store_down():
+            log.warning("store failed while %s (%s); compiling locally, retrying the store "
+                        "in %.0f s", what, exc, STORE_RETRY_AFTER_S)
+        self._store_down_until = time.monotonic() + STORE_RETRY_AFTER_S
+
+
+def _digest(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _local_dir(kind: str, key: str) -> str:
+    import torch._functorch._aot_autograd.autograd_cache as aot
+    import torch._inductor.codecache as codecache
+
+    cls = codecache.FxGraphCache if kind == "fxgraph" else aot.AOTAutogradCache
+    return cls._get_tmp_dir_for_key(key)

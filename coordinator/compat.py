@@ -1,0 +1,141 @@
+"""Every private PyTorch name the coordinator touches, and every version difference, here.
+
+Both torch 2.11 (GPU machines) and 2.13 (CPU CI) are supported. `check()` fails loudly
+the day a release removes a hook, instead of the coordinator silently doing nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+from coordinator.errors import TorchHookMissing
+
+# Our kind name -> the RemoteCache subclass in torch._inductor.remote_cache that asks for it.
+# Kinds are told apart by the subclass, never by parsing keys (autotune keys name no cache).
+REMOTE_CACHE_CLASSES: dict[str, str] = {
+    "fxgraph": "RemoteFxGraphCache",
+    "aotautograd": "RemoteAOTAutogradCache",
+    "autotune": "RemoteAutotuneCache",
+    "bundled-autotune": "RemoteBundledAutotuneCache",
+    "pgo": "RemoteDynamoPGOCache",
+}
+
+
+def remote_cache_module() -> Any:
+    return importlib.import_module("torch._inductor.remote_cache")
+
+
+def remote_cache_class(kind: str) -> Any:
+    module = remote_cache_module()
+    cls = getattr(module, REMOTE_CACHE_CLASSES[kind], None)
+    if cls is None or not hasattr(cls, "backend_override_cls"):
+        raise TorchHookMissing(
+            f"torch {torch_version()} has no {REMOTE_CACHE_CLASSES[kind]}.backend_override_cls; "
+            "this release of pt2-cache-coordinator does not support it"
+        )
+    return cls
+
+
+def guarded_cache_class() -> Any:
+    """The mixin whose `iterate_over_candidates` offers every local entry to guard evaluation."""
+    codecache = importlib.import_module("torch._inductor.codecache")
+    cls = getattr(codecache, "GuardedCache", None)
+    if cls is None or not hasattr(cls, "iterate_over_candidates"):
+        raise TorchHookMissing(
+            f"torch {torch_version()} has no GuardedCache.iterate_over_candidates"
+        )
+    return cls
+
+
+def guarded_kind(cls: type) -> str | None:
+    """Our kind for a GuardedCache subclass (FxGraphCache, AOTAutogradCache)."""
+    return {"FxGraphCache": "fxgraph", "AOTAutogradCache": "aotautograd"}.get(cls.__name__)
+
+
+def remote_key(remote_cache: Any, key: str) -> str:
+    """The key a RemoteCache hands its backend for `key` (it adds a cache-id prefix)."""
+    to_remote = getattr(remote_cache, "_get_key", None)
+    return to_remote(key) if to_remote is not None else key
+
+
+def local_entry_name(content: bytes) -> str:
+    """The file name PyTorch gives a local guarded-cache entry, so ours never duplicate its own."""
+    codecache = importlib.import_module("torch._inductor.codecache")
+    namer: Callable[[bytes], str] | None = getattr(codecache, "sha256_hash", None)
+    if namer is not None:
+        return namer(content)
+    return hashlib.sha256(content).hexdigest()
+
+
+def inductor_cache_dir() -> str:
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return cache_dir()
+
+
+def register_compile_end(callback: Callable[[Any], None]) -> Callable[[], None]:
+    """Dynamo's compile-end callbacks (they also fire for lazy backward compiles)."""
+    from torch._dynamo.callback import callback_handler
+
+    callback_handler.register_end_callback(callback)
+    return lambda: callback_handler.remove_end_callback(callback)
+
+
+def enable_caches() -> dict[tuple[str, str], Any]:
+    """Switch on the local and remote caches we hook; returns the previous values."""
+    import torch._dynamo.config as dynamo_config
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    wanted: list[tuple[Any, str, Any]] = [
+        (inductor_config, "fx_graph_cache", True),
+        (inductor_config, "fx_graph_remote_cache", True),
+        (inductor_config, "autotune_local_cache", True),
+        (inductor_config, "autotune_remote_cache", True),
+        # Trips an assertion in AutotuneCacheBundler under DDP's graph splitting (torch 2.11).
+        (inductor_config, "bundled_autotune_remote_cache", False),
+        (functorch_config, "enable_autograd_cache", True),
+        (functorch_config, "enable_remote_autograd_cache", True),
+    ]
+    # Where a release writes remote entries from a thread pool, a claim could be released
+    # before its entry lands; waiters must find the entry when they are let in.
+    if hasattr(inductor_config, "non_blocking_remote_cache_write"):
+        wanted.append((inductor_config, "non_blocking_remote_cache_write", False))
+    previous = {}
+    for module, name, value in wanted:
+        if not hasattr(module, name):
+            raise TorchHookMissing(f"torch {torch_version()} has no config {module.__name__}.{name}")
+        previous[(module.__name__, name)] = getattr(module, name)
+        setattr(module, name, value)
+    del dynamo_config  # imported so that the config module exists before compiles start
+    return previous
+
+
+def restore_configs(previous: dict[tuple[str, str], Any]) -> None:
+    for (module_name, name), value in previous.items():
+        setattr(importlib.import_module(module_name), name, value)
+
+
+def cpu_vec_isa() -> str:
+    """The SIMD level Inductor builds C++ kernels for; kernels built for avx512 don't load on avx2."""
+    try:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+        return str(pick_vec_isa())
+    except Exception:  # noqa: BLE001 - a missing probe only widens the fingerprint's doubt
+        return "unknown"
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def cpp_kernel_suffixes() -> tuple[str, ...]:
+    """Files Inductor's C++ code cache loads instead of building when they exist."""
+    return (".so",) if os.name != "nt" else (".pyd", ".dll")

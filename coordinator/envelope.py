@@ -1,0 +1,47 @@
+"""What one stored variant holds: PyTorch's cache value plus files it needs beside it.
+
+PyTorch's entry for an FX graph carries Triton binaries but not the C++ kernel libraries
+the CPU backend builds, so a graph loaded on a fresh node would rebuild every kernel. We
+carry those files next to the entry. Format: magic, a JSON header of lengths, the bytes.
+No pickle here: the header is data, and the payload is verified by the store before use.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+MAGIC = b"PT2CCE1\n"
+
+
+class EnvelopeError(ValueError):
+    """Bytes that are not an envelope of ours (a foreign or damaged object)."""
+
+
+def pack(payload: bytes, files: dict[str, bytes] | None = None) -> bytes:
+    files = files or {}
+    header = json.dumps(
+        {"payload": len(payload), "files": [[name, len(data)] for name, data in files.items()]}
+    ).encode()
+    return b"".join([MAGIC, struct.pack(">I", len(header)), header, payload, *files.values()])
+
+
+def unpack(blob: bytes) -> tuple[bytes, dict[str, bytes]]:
+    if not blob.startswith(MAGIC):
+        raise EnvelopeError("not a pt2cc envelope")
+    try:
+        (hlen,) = struct.unpack_from(">I", blob, len(MAGIC))
+        start = len(MAGIC) + 4
+        header = json.loads(blob[start : start + hlen])
+        pos = start + hlen
+        payload = blob[pos : pos + header["payload"]]
+        pos += header["payload"]
+        files = {}
+        for name, size in header["files"]:
+            files[name] = blob[pos : pos + size]
+            pos += size
+    except (struct.error, ValueError, KeyError, TypeError) as exc:
+        raise EnvelopeError(f"damaged envelope: {exc}") from None
+    if pos != len(blob) or len(payload) != header["payload"]:
+        raise EnvelopeError("envelope length mismatch")
+    return payload, files

@@ -1,0 +1,74 @@
+"""The thin adapter between PyTorch's cache machinery and `Artifacts`: no policy here.
+
+Two private integration points (see compat.py): each remote cache class's
+`backend_override_cls`, whose backend sees every remote lookup and publish of its kind,
+and `GuardedCache.iterate_over_candidates`, wrapped so that every stored variant of a key
+sits in PyTorch's local cache dir before PyTorch evaluates guards on the candidates.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Generator
+from typing import Any
+
+from coordinator import compat
+from coordinator.artifacts import GUARDED_KINDS, Artifacts
+
+
+def install(artifacts: Artifacts) -> Callable[[], None]:
+    """Hook PyTorch; returns a function that undoes every change."""
+    from torch._inductor.remote_cache import RemoteCacheBackend
+
+    class StoreBackend(RemoteCacheBackend[bytes]):
+        """Bytes in and out of our store, for one kind of cache."""
+
+        def __init__(self, kind: str) -> None:
+            super().__init__()
+            self._kind = kind
+
+        def _get(self, key: str) -> bytes | None:
+            return artifacts.get(self._kind, key)
+
+        def _put(self, key: str, data: bytes) -> None:
+            artifacts.put(self._kind, key, data)
+
+    undo: list[Callable[[], None]] = []
+    for kind in compat.REMOTE_CACHE_CLASSES:
+        cls = compat.remote_cache_class(kind)
+        previous = cls.__dict__.get("backend_override_cls")
+        cls.backend_override_cls = functools.partial(StoreBackend, kind)
+        undo.append(functools.partial(_restore_attr, cls, "backend_override_cls", previous))
+
+    guarded = compat.guarded_cache_class()
+    original = guarded.__dict__["iterate_over_candidates"]
+
+    def iterate_over_candidates(
+        cls: type, local: bool, remote_cache: Any, key: str
+    ) -> Generator[Any, None, None]:
+        kind = compat.guarded_kind(cls)
+        if local and remote_cache is not None and kind in GUARDED_KINDS:
+            artifacts.offer_local(
+                kind, compat.remote_key(remote_cache, key), cls._get_tmp_dir_for_key(key)
+            )
+        yield from original.__func__(cls, local, remote_cache, key)
+
+    guarded.iterate_over_candidates = classmethod(iterate_over_candidates)
+    undo.append(lambda: setattr(guarded, "iterate_over_candidates", original))
+
+    previous_configs = compat.enable_caches()
+    undo.append(lambda: compat.restore_configs(previous_configs))
+    undo.append(compat.register_compile_end(lambda _args: artifacts.compile_ended()))
+
+    def uninstall() -> None:
+        for step in reversed(undo):
+            step()
+
+    return uninstall
+
+
+def _restore_attr(cls: type, name: str, previous: Any) -> None:
+    if previous is not None:
+        setattr(cls, name, previous)
+    elif name in cls.__dict__:
+        delattr(cls, name)  # back to the base class's None
