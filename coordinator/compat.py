@@ -108,7 +108,9 @@ def enable_caches() -> dict[tuple[str, str], Any]:
     previous = {}
     for module, name, value in wanted:
         if not hasattr(module, name):
-            raise TorchHookMissing(f"torch {torch_version()} has no config {module.__name__}.{name}")
+            raise TorchHookMissing(
+                f"torch {torch_version()} has no config {module.__name__}.{name}"
+            )
         previous[(module.__name__, name)] = getattr(module, name)
         setattr(module, name, value)
     del dynamo_config  # imported so that the config module exists before compiles start
@@ -121,7 +123,7 @@ def restore_configs(previous: dict[tuple[str, str], Any]) -> None:
 
 
 def cpu_vec_isa() -> str:
-    """The SIMD level Inductor builds C++ kernels for; kernels built for avx512 don't load on avx2."""
+    """The SIMD level Inductor builds C++ kernels for: avx512 kernels don't load on avx2."""
     try:
         from torch._inductor.cpu_vec_isa import pick_vec_isa
 

@@ -52,7 +52,9 @@ class Config:
                 f"({self.heartbeat_s}), or live claimants are taken for dead"
             )
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ConfigError(f"log level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+            raise ConfigError(
+                f"log level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"
+            )
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Config:

@@ -124,20 +124,18 @@ def _prepare_local(url: str, root: str) -> None:
 
 
 def _check_remote(url: str, fs: fsspec.AbstractFileSystem, root: str, retrier: Retrier) -> None:
-    bucket = root.split("/", 1)[0]
+    bucket = "" if root.startswith("/") else root.split("/", 1)[0]
     try:
-        fs.invalidate_cache(root)
-        if root.startswith("/") or not bucket:
-            if retrier.call("stat root", lambda: fs.isfile(root)):
-                raise StoreConfigError(f"store URL {url!r} names a file, not a directory/prefix")
-            return
-        if not retrier.call("check bucket", lambda: fs.exists(bucket)):
+        # A listing, not exists(): s3fs's exists() hides missing credentials as False.
+        retrier.call("list root", lambda: fs.ls(root, refresh=True))
+    except FileNotFoundError as e:
+        text = str(e).lower()
+        if bucket and (root == bucket or "nosuchbucket" in text or "bucket does not exist" in text):
             raise StoreConfigError(
-                f"bucket {bucket!r} of store URL {url!r} does not exist (or is not visible with "
-                "these credentials); create it or fix the URL"
-            )
-        if root != bucket and retrier.call("stat root", lambda: fs.isfile(root)):
-            raise StoreConfigError(f"store URL {url!r} names an object, not a prefix")
+                f"bucket {bucket!r} of store URL {url!r} does not exist; create it "
+                "(e.g. `aws s3 mb s3://{bucket}`) or fix the URL".replace("{bucket}", bucket)
+            ) from e
+        return  # an empty prefix: the store is new
     except StoreUnavailable as e:
         cause = e.__cause__
         if cause is not None and _credentials_problem(cause):
@@ -148,10 +146,11 @@ def _check_remote(url: str, fs: fsspec.AbstractFileSystem, root: str, retrier: R
                 "the bucket policy"
             ) from cause
         raise
-    except Exception as e:
-        if _credentials_problem(e):
-            raise _no_credentials(url) from e
-        raise
+    if root != bucket and retrier.call("stat root", lambda: fs.isfile(root)):
+        raise StoreConfigError(
+            f"store URL {url!r} names a file/object, not a directory or prefix; "
+            "pass the prefix under which the store lives"
+        )
 
 
 def _no_credentials(url: str) -> StoreConfigError:
