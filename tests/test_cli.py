@@ -1,0 +1,152 @@
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from coordinator.cli import main, parse_duration, parse_size
+from storage import open_store
+
+ROOT = Path(__file__).resolve().parents[1]
+DAY = 86400
+
+
+def run(capsys, *argv: str) -> tuple[int, object]:
+    rc = main([*argv, "--json"])
+    return rc, json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture
+def filled(store_url):
+    a = open_store(store_url, fingerprint="fp-a")
+    b = open_store(store_url, fingerprint="fp-b")
+    a.put("fxgraph", "fkey1", b"x" * 100)
+    a.put("fxgraph", "fkey1", b"y" * 50)
+    a.put("autotune", "pt2:abc/def", b"z" * 10)
+    b.put("fxgraph", "fkey1", b"x" * 100)
+    a.put_snapshot("job-1", b"s" * 1000)
+    return store_url, a, b
+
+
+def test_ls_and_stats(filled, capsys):
+    url, a, _ = filled
+    rc, groups = run(capsys, "ls", url)
+    assert rc == 0
+    by = {(g["fingerprint"], g["kind"], g["key"]): g for g in groups}
+    assert by[("fp-a", "fxgraph", "fkey1")]["variants"] == 2
+    assert by[("fp-a", "autotune", "pt2:abc/def")]["variants"] == 1
+    assert by[("fp-a", "snapshot", "job-1")]["snapshot"] is True
+    assert by[("fp-b", "fxgraph", "fkey1")]["bytes"] == 106
+    rc, stats = run(capsys, "stats", url)
+    assert stats["fingerprints"]["fp-a"]["objects"] == 4
+    assert stats["fingerprints"]["fp-b"]["objects"] == 1
+    assert stats["total"]["entries"] == 5 and stats["total"]["bytes"] == 1290
+    assert main(["ls", url]) == 0
+    human = capsys.readouterr().out
+    assert "pt2:abc/def" in human and "FINGERPRINT" in human
+
+
+def test_verify_and_quarantine(filled, capsys, monkeypatch):
+    url, a, _ = filled
+    rc, report = run(capsys, "verify", url)
+    assert rc == 0 and report["ok"] and report["checked"] == 5
+    digest = a.put("fxgraph", "fkey2", b"to be damaged")
+    a.fs.pipe_file(a.layout.object_path(digest), b"damaged")
+    rc, report = run(capsys, "verify", url)
+    assert rc == 1 and [b["digest"] for b in report["bad"]] == [digest]
+    rc, report = run(capsys, "verify", url, "--quarantine")
+    assert rc == 1 and report["repaired"]
+    rc, report = run(capsys, "verify", url)
+    assert rc == 0 and report["checked"] == 5
+    rc, stats = run(capsys, "stats", url)
+    assert stats["fingerprints"]["fp-a"]["quarantined"] == 1
+    monkeypatch.setenv("PT2CC_SIGNING_KEY", "k")  # with a key, unsigned objects are bad
+    rc, report = run(capsys, "verify", url)
+    assert rc == 1 and len(report["bad"]) == 5
+
+
+def test_prune_never_touches_young_files(filled, capsys):
+    url, a, _ = filled
+    rc, plan = run(capsys, "prune", url, "--older-than", "0s", "--max-bytes", "0", "--yes")
+    assert rc == 0 and plan["entries"] == 0 and plan["objects"] == 0
+    assert a.get_variants("fxgraph", "fkey1")
+
+
+def _age(path: str, seconds: float) -> None:
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def test_prune_old_entries_then_objects(tmp_path, capsys):
+    url = str(tmp_path / "store")
+    s = open_store(url, fingerprint="fp")
+    old = s.put("fx", "old", b"o" * 100)
+    shared = s.put("fx", "old", b"shared")
+    s.put("fx", "new", b"shared")
+    fresh_orphan = s.put("fx", "orphan", b"young object")
+    lay = s.layout
+    for d in (old, shared):
+        _age(f"{lay.variants_dir('fx', 'old')}/{d}", 40 * DAY)
+        _age(lay.object_path(d), 40 * DAY)
+    os.remove(f"{lay.variants_dir('fx', 'orphan')}/{fresh_orphan}")
+    rc, plan = run(capsys, "prune", url, "--older-than", "30d")
+    assert rc == 0 and not plan["applied"]
+    assert (plan["entries"], plan["objects"]) == (2, 1)
+    assert os.path.exists(lay.object_path(old))  # dry run
+    rc, plan = run(capsys, "prune", url, "--older-than", "30d", "--yes")
+    assert plan["applied"] and plan["bytes_freed"] == 106
+    assert not os.path.exists(lay.object_path(old))
+    assert s.get_variants("fx", "old") == []
+    assert s.get_variants("fx", "new") == [b"shared"]  # object still named by "new"
+    assert os.path.exists(lay.object_path(fresh_orphan))  # younger than an hour
+    rc, report = run(capsys, "verify", url)
+    assert rc == 0 and not report["dangling"]
+
+
+def test_prune_to_max_bytes_oldest_first(tmp_path, capsys):
+    url = str(tmp_path / "store")
+    s = open_store(url, fingerprint="fp")
+    for i in range(4):
+        d = s.put("fx", f"k{i}", bytes([i]) * 1000)
+        _age(f"{s.layout.variants_dir('fx', f'k{i}')}/{d}", (10 - i) * 3600)
+        _age(s.layout.object_path(d), (10 - i) * 3600)
+    young = s.put("fx", "young", b"y" * 1000)
+    assert young
+    rc, plan = run(capsys, "prune", url, "--max-bytes", "2500", "--yes")
+    assert plan["entries"] == 3 and plan["bytes_after"] <= 2500
+    kept = {e.key for e in s.iter_entries()}
+    assert kept == {"k3", "young"}
+
+
+def test_prune_needs_a_limit(tmp_path, capsys):
+    assert main(["prune", str(tmp_path)]) == 2
+
+
+def test_bad_url_is_one_clear_error(capsys):
+    assert main(["ls", "nosuchfs://x/y"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pt2cc: error: unknown protocol") and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("text", "value"), [("50G", 50 * 2**30), ("500MiB", 500 * 2**20),
+                                             ("1024", 1024), ("1.5k", 1536)])
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize(("text", "value"), [("30d", 30 * DAY), ("12h", 43200), ("90m", 5400),
+                                             ("2w", 14 * DAY), ("10", 10)])
+def test_parse_duration(text, value):
+    assert parse_duration(text) == value
+
+
+def test_cli_process_does_not_import_torch(tmp_path):
+    code = ("import sys; from coordinator.cli import main; rc = main(['stats', sys.argv[1]]); "
+            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "TOTAL" in out.stdout
