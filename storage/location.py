@@ -133,7 +133,7 @@ def _check_remote(url: str, fs: fsspec.AbstractFileSystem, root: str, retrier: R
         if bucket and (root == bucket or "nosuchbucket" in text or "bucket does not exist" in text):
             raise StoreConfigError(
                 f"bucket {bucket!r} of store URL {url!r} does not exist; create it "
-                "(e.g. `aws s3 mb s3://{bucket}`) or fix the URL".replace("{bucket}", bucket)
+                f"(e.g. `aws s3 mb s3://{bucket}`) or fix the URL"
             ) from e
         return  # an empty prefix: the store is new
     except StoreUnavailable as e:
