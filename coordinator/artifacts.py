@@ -82,6 +82,8 @@ class Artifacts:
         try:
             files = self._kernels.take_new() if kind == "fxgraph" else {}
             if self._store is not None and not self._store_down():
+                if kind not in CLAIMING_KINDS and self._published_meanwhile(kind, key):
+                    return
                 blob = envelope.pack(value, files)
                 self._store.put(kind, key, blob)  # type: ignore[attr-defined]
                 self._note_offered(kind, key, _digest(blob))
@@ -147,6 +149,18 @@ class Artifacts:
             self._store_failed(exc, f"looking up {kind} {key}")
             return []
         return [(_digest(b), b) for b in variants]
+
+    def _published_meanwhile(self, kind: str, key: str) -> bool:
+        """Another rank published this key after our lookup: its entry stands for ours.
+
+        Unclaimed kinds are built by every rank that misses at once; their pickles differ
+        byte for byte, so without this each rank would add a duplicate variant. A variant
+        that was there at our lookup and failed our guards was offered to us, so it does
+        not count: ours is then a genuinely new variant.
+        """
+        with self._lock:
+            offered = set(self._offered.get((kind, key), ()))
+        return any(digest not in offered for digest, _ in self._fetch(kind, key))
 
     def _note_offered(self, kind: str, key: str, digest: str) -> None:
         with self._lock:

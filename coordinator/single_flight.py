@@ -173,4 +173,6 @@ class SingleFlight:
 
 
 def _short(key: str) -> str:
-    return key if len(key) <= 16 else key[:16] + "…"
+    """`pt2:fx-graph-v1::fabc…:c1` -> `fabc…` (the readable, distinguishing part)."""
+    core = key.split("::", 1)[-1].rsplit(":", 1)[0] if "::" in key else key
+    return core if len(core) <= 16 else core[:16] + "…"

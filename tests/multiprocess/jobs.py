@@ -1,0 +1,143 @@
+"""Real torchrun jobs for the multi-process tests: one function starts one, one node dir each.
+
+A "node" is a directory holding what a machine keeps between jobs (Inductor's and
+Triton's caches, the node-local object tier, TMPDIR); a fresh node is a new directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN = REPO / "examples" / "train.py"
+SCENARIOS = Path(__file__).with_name("scenarios.py")
+
+
+@dataclasses.dataclass
+class Job:
+    returncode: int
+    output: str
+    stats: list[dict]  # the coordinator's per-rank counters, by rank
+    outs: list[dict]  # the script's own per-rank results, by rank
+    wall_s: float
+
+    def check(self) -> Job:
+        assert self.returncode == 0, f"job failed ({self.returncode}):\n{self.output[-6000:]}"
+        return self
+
+    def total(self, counter: str) -> int:
+        return sum(s[counter] for s in self.stats)
+
+
+def node_env(node: Path) -> dict[str, str]:
+    for sub in ("inductor", "triton", "objects", "tmp"):
+        (node / sub).mkdir(parents=True, exist_ok=True)
+    return {
+        "TORCHINDUCTOR_CACHE_DIR": str(node / "inductor"),
+        "TRITON_CACHE_DIR": str(node / "triton"),
+        "PT2CC_NODE_CACHE_DIR": str(node / "objects"),
+        "TMPDIR": str(node / "tmp"),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(script: Path, args: list[str], *, node: Path, store: str | None, out: Path,
+          nproc: int = 2, launcher_args: list[str] = (), torchrun_args: list[str] = (),
+          env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `torchrun [-m coordinator --cache STORE] SCRIPT ARGS`; store=None: uncoordinated."""
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+           "--nproc-per-node", str(nproc), "--rdzv-backend", "c10d",
+           "--rdzv-endpoint", f"127.0.0.1:{free_port()}", *torchrun_args]
+    if store is not None:
+        cmd += ["-m", "coordinator", "--cache", store, "--stats-file", str(out / "stats"),
+                *launcher_args]
+    cmd += [str(script), *args, "--out", str(out / "out")]
+    full_env = {**os.environ, **node_env(node), "OMP_NUM_THREADS": "1",
+                "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.Popen(cmd, env=full_env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, out: Path, *, nproc: int = 2, timeout: float = 400,
+           started: float | None = None) -> Job:
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        raise AssertionError(f"job still running after {timeout} s:\n{output[-6000:]}") from None
+    return Job(proc.returncode, output, _read(out, "stats", nproc), _read(out, "out", nproc),
+               time.monotonic() - (started or time.monotonic()))
+
+
+def run(script: Path, args: list[str], *, node: Path, store: str | None, out: Path,
+        nproc: int = 2, timeout: float = 400, **kwargs: object) -> Job:
+    t0 = time.monotonic()
+    proc = start(script, args, node=node, store=store, out=out, nproc=nproc, **kwargs)
+    return finish(proc, out, nproc=nproc, timeout=timeout, started=t0)
+
+
+def _read(out: Path, stem: str, nproc: int) -> list[dict]:
+    found = []
+    for rank in range(nproc):
+        path = out / f"{stem}.rank{rank}.json"
+        if path.exists():
+            found.append(json.loads(path.read_text()))
+    return found
+
+
+def store_variants(store_dir: Path, kind: str) -> dict[str, int]:
+    """{key dir: number of variants} of one kind in a local store (all fingerprints)."""
+    counts: dict[str, int] = {}
+    for key_dir in store_dir.glob(f"v1/*/index/{kind}/*"):
+        counts[key_dir.name] = len(list(key_dir.iterdir()))
+    return counts
+
+
+def compiler_log_env(tmp: Path) -> tuple[dict[str, str], Path]:
+    """A `g++` first on PATH that logs each build, then runs the real one.
+
+    Inductor names its compiler `g++` in the command line its kernel hashes cover, so the
+    wrapper changes no key; it only shows which C++ files were built.
+    """
+    bindir, log = tmp / "cxx-bin", tmp / "cxx.log"
+    bindir.mkdir(parents=True, exist_ok=True)
+    real = subprocess.run(["which", "g++"], capture_output=True, text=True).stdout.strip()
+    wrapper = bindir / "g++"
+    wrapper.write_text(
+        f'#!/bin/sh\n[ "$1" = "--version" ] || echo "$@" >> "{log}"\nexec "{real}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return {"PATH": f"{bindir}:{os.environ['PATH']}"}, log
+
+
+def kernels_built(log: Path) -> list[str]:
+    """C++ kernel sources (Inductor's `c*.cpp` under its cache dir) that were compiled.
+
+    The vector-ISA probes Inductor compiles on each new machine are named alike but carry
+    no kernel; they are told apart by their source: Inductor's kernels define `void  kernel(`,
+    the probes `__avx_chk_kernel(` and the like.
+    """
+    if not log.exists():
+        return []
+    built = []
+    for line in log.read_text().splitlines():
+        for arg in line.split():
+            is_source = arg.endswith(".cpp") and "/inductor/" in arg and os.path.exists(arg)
+            if is_source and re.search(r"\bvoid\s+kernel\(", Path(arg).read_text()):
+                built.append(arg)
+    return built

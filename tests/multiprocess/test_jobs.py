@@ -1,0 +1,151 @@
+"""Real 2-rank torchrun jobs (gloo, CPU) under the coordinator: the product's promises.
+
+Compiles are slow on CPU, so the jobs of a scenario run once per module (fixtures) and
+several tests read them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.multiprocess import jobs
+
+pytestmark = pytest.mark.multiprocess
+
+
+def assert_same_losses(job: jobs.Job, baseline: jobs.Job) -> None:
+    assert len(job.outs) == len(baseline.outs) == 2
+    for got, want in zip(job.outs, baseline.outs, strict=True):
+        assert got["losses"] == pytest.approx(want["losses"], rel=1e-5, abs=1e-6)
+
+
+def assert_each_graph_compiled_once(job: jobs.Job, store_dir: Path) -> None:
+    """Every FX graph the job needed was compiled on exactly one rank and loaded on the other."""
+    keys = jobs.store_variants(store_dir, "fxgraph")
+    assert keys, "nothing was published"
+    assert job.total("fxgraph_cache_miss") == len(keys), (keys, job.stats)
+    for stats in job.stats:
+        assert stats["fxgraph_cache_miss"] + stats["fxgraph_cache_hit"] == len(keys)
+
+
+@pytest.fixture(scope="module")
+def train(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """examples/train.py, DDP over torch.compile: uncoordinated, cold, warm on a fresh node."""
+    tmp = tmp_path_factory.mktemp("train")
+    store = tmp / "store"
+    args = ["--steps", "3"]
+    baseline = jobs.run(jobs.TRAIN, args, node=tmp / "node-base", store=None,
+                        out=tmp / "base").check()
+    cold = jobs.run(jobs.TRAIN, args, node=tmp / "node-a", store=str(store),
+                    out=tmp / "cold").check()
+    cxx_env, cxx_log = jobs.compiler_log_env(tmp)
+    warm = jobs.run(jobs.TRAIN, args, node=tmp / "node-b", store=f"file://{store}",
+                    out=tmp / "warm", env=cxx_env).check()
+    return {"baseline": baseline, "cold": cold, "warm": warm, "store": store, "cxx": cxx_log}
+
+
+def test_cold_job_compiles_each_graph_on_one_rank(train: dict) -> None:
+    assert_each_graph_compiled_once(train["cold"], train["store"])
+    assert train["cold"].total("waits") >= 1
+    assert_same_losses(train["cold"], train["baseline"])
+
+
+def test_warm_job_on_fresh_node_compiles_nothing(train: dict) -> None:
+    warm = train["warm"]
+    for stats in warm.stats:
+        assert stats["fxgraph_cache_miss"] == 0, stats
+        assert stats["fxgraph_cache_hit"] > 0
+        assert stats["published"] == 0
+    assert jobs.kernels_built(train["cxx"]) == []
+    assert_same_losses(warm, train["baseline"])
+
+
+def test_one_download_per_node(train: dict) -> None:
+    """The two ranks of the warm node fetch each object from the store once between them."""
+    fetches = sum(s["store"]["fetches"] for s in train["warm"].stats)
+    objects = list(train["store"].glob("v1/*/objects/*/*"))
+    assert 0 < fetches <= len(objects)
+
+
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("scenarios")
+    store = tmp / "store"
+    cold = jobs.run(jobs.SCENARIOS, [], node=tmp / "node-a", store=str(store),
+                    out=tmp / "cold").check()
+    warm = jobs.run(jobs.SCENARIOS, [], node=tmp / "node-b", store=str(store),
+                    out=tmp / "warm").check()
+    return {"cold": cold, "warm": warm, "store": store}
+
+
+@pytest.mark.parametrize("phase", ["cold", "warm"])
+def test_seed_scenarios_agree_with_eager_on_every_rank(scenarios: dict, phase: str) -> None:
+    job = scenarios[phase]
+    assert len(job.outs) == 2
+    for out in job.outs:
+        bad = [r for r in out["results"] if not r["ok"]]
+        assert not bad, f"rank {out['rank']}: {bad}"
+        assert len(out["results"]) == 8
+
+
+def test_seed_scenarios_compile_once_then_load(scenarios: dict) -> None:
+    cold, warm = scenarios["cold"], scenarios["warm"]
+    keys = jobs.store_variants(scenarios["store"], "fxgraph")
+    # Ranks with different sizes need different graphs: no graph is compiled twice.
+    assert cold.total("fxgraph_cache_miss") == len(keys)
+    assert max(s["fxgraph_cache_miss"] for s in cold.stats) < len(keys)
+    for stats in warm.stats:
+        assert stats["fxgraph_cache_miss"] == 0, stats
+
+
+@pytest.mark.s3
+def test_cold_then_warm_on_s3(s3_bucket: str, tmp_path: Path) -> None:
+    store = f"s3://{s3_bucket}/cache"
+    args = ["--steps", "2", "--layers", "1"]
+    cold = jobs.run(jobs.TRAIN, args, node=tmp_path / "a", store=store,
+                    out=tmp_path / "cold").check()
+    warm = jobs.run(jobs.TRAIN, args, node=tmp_path / "b", store=store,
+                    out=tmp_path / "warm").check()
+    assert cold.total("fxgraph_cache_miss") > 0
+    assert cold.total("fxgraph_cache_miss") == max(s["fxgraph_cache_miss"] for s in cold.stats)
+    for stats in warm.stats:
+        assert stats["fxgraph_cache_miss"] == 0, stats
+    for got, want in zip(warm.outs, cold.outs, strict=True):
+        assert got["losses"] == pytest.approx(want["losses"], rel=1e-5, abs=1e-6)
+
+
+def test_two_jobs_at_once_on_one_store(train: dict, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    args = ["--steps", "3"]
+    t0 = time.monotonic()
+    procs = [
+        jobs.start(jobs.TRAIN, args, node=tmp_path / f"node-{i}", store=str(store),
+                   out=tmp_path / f"job-{i}")
+        for i in range(2)
+    ]
+    done = [jobs.finish(p, tmp_path / f"job-{i}", started=t0).check()
+            for i, p in enumerate(procs)]
+    for job in done:
+        assert_same_losses(job, train["baseline"])
+    verify = subprocess.run([sys.executable, "-m", "coordinator.cli", "verify", str(store)],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    # Every index entry names an object that exists and verifies (verify checked hashes).
+    for entry in store.glob("v1/*/index/*/*/*"):
+        assert list(store.glob(f"v1/*/objects/{entry.name[:2]}/{entry.name}")), entry
+
+
+def test_claimant_killed_mid_compile_then_group_restarts(tmp_path: Path) -> None:
+    script = Path(jobs.__file__).with_name("die_in_compile.py")
+    t0 = time.monotonic()
+    job = jobs.run(script, [], node=tmp_path / "node", store=str(tmp_path / "store"),
+                   out=tmp_path / "out", torchrun_args=["--max-restarts", "1"],
+                   launcher_args=["--stale-after", "10"], timeout=300).check()
+    assert [o["restart"] for o in job.outs] == [1, 1], job.output[-3000:]
+    assert job.outs[0]["y"] == pytest.approx(job.outs[1]["y"])
+    assert time.monotonic() - t0 < 240
