@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,7 @@ from coordinator.config import Config
 from coordinator.errors import ConfigError
 from coordinator.kernels import KernelFiles
 from coordinator.single_flight import SingleFlight, connect_job_store
+from coordinator.snapshot import Snapshots, derive_tag
 from coordinator.stats import RankStats
 
 log = logging.getLogger(__name__)
@@ -26,11 +28,14 @@ _active: _Installation | None = None
 
 class _Installation:
     def __init__(self, config: Config, store: Any | None, flight: SingleFlight,
-                 stats: RankStats, undo: Callable[[], None]) -> None:
-        self.config, self.store, self.flight, self.stats, self._undo = (
-            config, store, flight, stats, undo)
+                 stats: RankStats, snapshots: Snapshots | None,
+                 undo: Callable[[], None]) -> None:
+        self.config, self.store, self.flight, self.stats, self.snapshots, self._undo = (
+            config, store, flight, stats, snapshots, undo)
 
     def report(self) -> dict:
+        if self.snapshots is not None:
+            self.snapshots.publish()
         snap = self.stats.snapshot(flight=self.flight, store=self.store)
         log.info("%s", RankStats.summary_line(snap))
         if self.config.stats_file:
@@ -38,6 +43,8 @@ class _Installation:
         return snap
 
     def close(self) -> None:
+        if self.snapshots is not None:
+            self.snapshots.cancel()
         self.flight.close()
         self._undo()
 
@@ -67,10 +74,20 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
             heartbeat_s=config.heartbeat_s,
         )
         stats = RankStats(rank=rank)
+        kernels = KernelFiles()
+        snapshots = None
+        if store is not None and config.snapshot:
+            snapshots = Snapshots(
+                store, config.tag or derive_tag(sys.argv[0] or "python"), kernels,
+                publisher=rank == 0, quiet_s=config.snapshot_quiet_s,
+                compiled_count=lambda: stats.published + stats.loaded + stats.materialized,
+            )
+            snapshots.start_prefetch()
         from coordinator import hooks
 
-        undo = hooks.install(Artifacts(store, flight, KernelFiles(), stats))
-        _active = _Installation(config, store, flight, stats, undo)
+        undo = hooks.install(Artifacts(store, flight, kernels, stats, snapshots,
+                                       snapshot_wait_s=config.store_timeout_s * 2))
+        _active = _Installation(config, store, flight, stats, snapshots, undo)
         atexit.register(_at_exit)
         log.debug("installed: store %s, %s", config.cache_url,
                   "coordinated over the job's c10d store" if flight.coordinated else "no peers")

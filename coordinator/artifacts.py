@@ -18,6 +18,7 @@ import time
 from coordinator import compat, envelope
 from coordinator.kernels import KernelFiles
 from coordinator.single_flight import SingleFlight, WaitResult
+from coordinator.snapshot import Snapshots
 from coordinator.stats import RankStats
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,11 @@ class Artifacts:
     """Looks up, waits for and publishes one process's compiled artifacts."""
 
     def __init__(self, store: object | None, flight: SingleFlight, kernels: KernelFiles,
-                 stats: RankStats) -> None:
+                 stats: RankStats, snapshots: Snapshots | None = None,
+                 snapshot_wait_s: float = 60.0) -> None:
         self._store = store
+        self._snapshots = snapshots
+        self._snapshot_wait_s = snapshot_wait_s
         self._flight = flight
         self._kernels = kernels
         self._stats = stats
@@ -55,12 +59,18 @@ class Artifacts:
         if (kind, key) in self._listed:
             return
         self._listed.add((kind, key))
+        self._await_snapshot()
+        if os.path.isdir(subdir) and any(not n.startswith(".") for n in os.listdir(subdir)):
+            # Warm locally (or from the snapshot): no store traffic. Should no local entry's
+            # guards hold, PyTorch's remote lookup (`get`) still offers the store's variants.
+            return
         for digest, blob in self._fetch(kind, key):
             self._materialize(kind, key, digest, blob, subdir)
 
     def get(self, kind: str, key: str) -> bytes | None:
         """PyTorch's remote lookup, reached when no local entry's guards held."""
         try:
+            self._await_snapshot()
             if found := self._fresh_variant(kind, key):
                 return found
             if kind not in CLAIMING_KINDS or not self._flight.coordinated or self._store_down():
@@ -96,6 +106,8 @@ class Artifacts:
     def compile_ended(self) -> None:
         """A Dynamo compile (or lazy backward compile) ended: no claim outlives it."""
         self._flight.finish_all()
+        if self._snapshots is not None:
+            self._snapshots.compile_ended()
 
     # -- internals -----------------------------------------------------------------------
 
@@ -149,6 +161,10 @@ class Artifacts:
             self._store_failed(exc, f"looking up {kind} {key}")
             return []
         return [(_digest(b), b) for b in variants]
+
+    def _await_snapshot(self) -> None:
+        if self._snapshots is not None and not self._snapshots.ready.is_set():
+            self._snapshots.wait_ready(self._snapshot_wait_s)
 
     def _published_meanwhile(self, kind: str, key: str) -> bool:
         """Another rank published this key after our lookup: its entry stands for ours.

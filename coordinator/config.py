@@ -39,11 +39,16 @@ class Config:
     store_timeout_s: float = 30.0
     stats_file: str | None = None
     tag: str | None = None
+    """Snapshot name; the launcher derives it from the script when not given."""
+    snapshot: bool = True
+    snapshot_quiet_s: float = 30.0
+    """Warm-up has ended when no compile ends for this long: rank 0 publishes a snapshot."""
     normalize_devices: bool = True
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
-        for name in ("wait_timeout_s", "stale_after_s", "heartbeat_s", "store_timeout_s"):
+        for name in ("wait_timeout_s", "stale_after_s", "heartbeat_s", "store_timeout_s",
+                     "snapshot_quiet_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.heartbeat_s * 2 > self.stale_after_s:

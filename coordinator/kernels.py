@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterable
 
 from coordinator import compat
 
@@ -31,14 +32,21 @@ class KernelFiles:
         with self._lock:
             current = set(self._scan())
             new, self._known = current - self._known, self._known | current
+        return self._read(new)
+
+    def _read(self, rels: Iterable[str]) -> dict[str, bytes]:
         files = {}
-        for rel in sorted(new):
+        for rel in sorted(rels):
             try:
                 with open(os.path.join(self._root, rel), "rb") as f:
                     files[rel] = f.read()
             except OSError as exc:
                 log.debug("kernel library %s vanished before publishing: %s", rel, exc)
         return files
+
+    def all_files(self) -> dict[str, bytes]:
+        """Every library in the cache dir, the ISA probes included (for snapshots)."""
+        return self._read(self._scan())
 
     def place(self, files: dict[str, bytes]) -> int:
         """Write received libraries that are not here yet (atomically); returns how many."""

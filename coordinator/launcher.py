@@ -13,6 +13,7 @@ import sys
 
 from coordinator.config import Config, parse_bytes
 from coordinator.errors import ConfigError
+from coordinator.snapshot import derive_tag
 
 USAGE = "python -m coordinator [options] (SCRIPT | -m MODULE) [ARGS...]"
 
@@ -34,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest a rank waits for another rank's compile (default 900)")
     p.add_argument("--stale-after", metavar="S", type=float, dest="stale_after_s",
                    help="a compiling rank silent this long is taken for dead (default 30)")
-    p.add_argument("--tag", help="name of this job's snapshot (default: derived from the script)")
+    p.add_argument("--tag", help="name of this job's snapshot (default: the script's name)")
+    p.add_argument("--no-snapshot", dest="snapshot", action="store_const", const=False,
+                   help="neither prefetch nor publish a snapshot; per-key lookups only")
     p.add_argument("--stats-file", metavar="PATH",
                    help="write each rank's counters to PATH.rank<R>.json at exit")
     p.add_argument("--no-device-normalization", dest="normalize_devices", action="store_const",
@@ -87,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         script, script_args = None, target
 
     settings = {k: v for k, v in vars(opts).items() if k not in ("module", "script", "args")}
+    settings["tag"] = settings["tag"] or derive_tag(opts.module or script)
     try:
         config = Config.from_env(cache_url=settings.pop("cache"), **settings)
     except ConfigError as exc:

@@ -1,0 +1,121 @@
+"""Bulk prefetch for a new job: one object per tag holds what a warm node's caches hold.
+
+Per-key lookups already make a fresh node compile nothing; the snapshot makes it fast:
+one GET (once per node, through the node tier) instead of a listing per graph, and it
+also carries what no per-key entry does: the C++ vector-ISA probes Inductor builds on
+every new machine. It holds PyTorch's own Mega-Cache (`save_cache_artifacts`) plus every
+compiled library in Inductor's cache dir. Rank 0 publishes it when compiles go quiet
+after warm-up, and again at exit if anything was compiled since.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from coordinator import envelope
+from coordinator.kernels import KernelFiles
+
+log = logging.getLogger(__name__)
+
+MAX_SNAPSHOT_BYTES = 2 * 2**30
+
+
+def derive_tag(target: str) -> str:
+    """A tag from the script or module name: jobs of one script share a snapshot."""
+    base = os.path.basename(target.rstrip("/"))
+    return base.removesuffix(".py") or "default"
+
+
+class Snapshots:
+    """Prefetches this tag's snapshot in the background; publishes one after warm-up."""
+
+    def __init__(self, store: Any, tag: str, kernels: KernelFiles, *, publisher: bool,
+                 quiet_s: float, compiled_count: Callable[[], int]) -> None:
+        self._store = store
+        self._tag = tag
+        self._kernels = kernels
+        self._publisher = publisher
+        self._quiet_s = quiet_s
+        self._compiled_count = compiled_count
+        self._published_at_count = 0
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self.ready = threading.Event()
+        self.loaded_bytes = 0
+
+    def start_prefetch(self) -> None:
+        threading.Thread(target=self._prefetch, name="pt2cc-prefetch", daemon=True).start()
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Called before the first lookup: never race the snapshot into the local caches."""
+        if not self.ready.wait(timeout_s):
+            log.warning("snapshot %r still loading after %.0f s; going on without it",
+                        self._tag, timeout_s)
+            self.ready.set()
+
+    def compile_ended(self) -> None:
+        """Re-arm the quiet timer: warm-up has ended when no compile ends for quiet_s."""
+        if not self._publisher:
+            return
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(self._quiet_s, self.publish)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def publish(self) -> None:
+        """Publish a snapshot if anything was compiled since the last one (rank 0 only)."""
+        if not self._publisher:
+            return
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            count = self._compiled_count()
+            if count <= self._published_at_count:
+                return
+            self._published_at_count = count
+        try:
+            import torch
+
+            saved = torch.compiler.save_cache_artifacts()
+            payload = saved[0] if saved is not None else b""
+            blob = envelope.pack(payload, self._kernels.all_files())
+            if len(blob) > MAX_SNAPSHOT_BYTES:
+                log.warning("snapshot %r would be %d bytes; not publishing it", self._tag,
+                            len(blob))
+                return
+            self._store.put_snapshot(self._tag, blob)
+            log.info("published snapshot %r (%d bytes)", self._tag, len(blob))
+        except Exception as exc:  # noqa: BLE001 - a snapshot is an optimisation
+            log.warning("publishing snapshot %r failed: %s", self._tag, exc)
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def _prefetch(self) -> None:
+        try:
+            blob = self._store.get_snapshot(self._tag)
+            if blob is None:
+                log.debug("no snapshot %r yet", self._tag)
+                return
+            payload, files = envelope.unpack(blob)
+            placed = self._kernels.place(files)
+            if payload:
+                import torch
+
+                torch.compiler.load_cache_artifacts(payload)
+            self.loaded_bytes = len(blob)
+            log.info("loaded snapshot %r: %d bytes, %d libraries placed", self._tag, len(blob),
+                     placed)
+        except Exception as exc:  # noqa: BLE001 - without it, per-key lookups still work
+            log.warning("loading snapshot %r failed (%s); per-key lookups go on", self._tag, exc)
+        finally:
+            self.ready.set()

@@ -1,0 +1,51 @@
+"""The private PyTorch hooks we rely on: this fails loudly the day a release removes one."""
+
+from __future__ import annotations
+
+import pytest
+
+from coordinator import compat
+
+
+@pytest.mark.parametrize("kind", sorted(compat.REMOTE_CACHE_CLASSES))
+def test_every_remote_cache_class_has_the_override_point(kind: str) -> None:
+    from torch._inductor.remote_cache import RemoteCache
+
+    cls = compat.remote_cache_class(kind)  # raises TorchHookMissing where it is gone
+    assert issubclass(cls, RemoteCache)
+    assert "backend_override_cls" in vars(RemoteCache)
+
+
+def test_guarded_caches_iterate_over_candidates() -> None:
+    from torch._functorch._aot_autograd.autograd_cache import AOTAutogradCache
+    from torch._inductor.codecache import FxGraphCache
+
+    guarded = compat.guarded_cache_class()
+    assert issubclass(FxGraphCache, guarded) and issubclass(AOTAutogradCache, guarded)
+    # Our wrapper sits on the mixin: a subclass that overrode it would bypass us.
+    assert "iterate_over_candidates" not in vars(FxGraphCache)
+    assert "iterate_over_candidates" not in vars(AOTAutogradCache)
+    assert compat.guarded_kind(FxGraphCache) == "fxgraph"
+    assert compat.guarded_kind(AOTAutogradCache) == "aotautograd"
+
+
+def test_cache_configs_switch_on_and_back() -> None:
+    import torch._inductor.config as inductor_config
+
+    before = inductor_config.fx_graph_remote_cache
+    previous = compat.enable_caches()
+    try:
+        assert inductor_config.fx_graph_remote_cache is True
+        assert inductor_config.bundled_autotune_remote_cache is False
+    finally:
+        compat.restore_configs(previous)
+    assert inductor_config.fx_graph_remote_cache == before
+
+
+def test_remote_key_matches_what_the_backend_sees() -> None:
+    import torch._inductor.remote_cache as rc
+
+    cache = rc.RemoteFxGraphCache.__new__(rc.RemoteFxGraphCache)
+    cache._key_fmt = "pt2:fx-graph-v1::{key}:c1"
+    assert compat.remote_key(cache, "fabc") == "pt2:fx-graph-v1::fabc:c1"
+    assert compat.remote_key(object(), "fabc") == "fabc"

@@ -1,0 +1,70 @@
+"""Config parsing, the envelope format and kernel-library carrying: the small parts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from coordinator import envelope
+from coordinator.config import Config, parse_bytes
+from coordinator.errors import ConfigError
+from coordinator.kernels import KernelFiles
+
+
+def test_env_and_flags_build_one_config() -> None:
+    env = {"PT2CC_CACHE": "s3://b/p", "PT2CC_WAIT_TIMEOUT_S": "12.5",
+           "PT2CC_NORMALIZE_DEVICES": "off", "PT2CC_NODE_CACHE_MAX_BYTES": "2G"}
+    cfg = Config.from_env(env, stats_file="/tmp/s")
+    assert cfg.cache_url == "s3://b/p" and cfg.wait_timeout_s == 12.5
+    assert cfg.normalize_devices is False and cfg.node_cache_max_bytes == 2 * 2**30
+    assert Config.from_env(env, cache_url="/local").cache_url == "/local"  # flags win
+    assert Config.from_env(cfg.to_env()) == cfg
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PT2CC_WAIT_TIMEOUT_S": "soon"}, "PT2CC_WAIT_TIMEOUT_S='soon' is not a valid float"),
+        ({"PT2CC_SNAPSHOT": "maybe"}, "PT2CC_SNAPSHOT='maybe' is not a valid bool"),
+        ({"PT2CC_HEARTBEAT_S": "20"}, "must be at least twice heartbeat_s"),
+        ({"PT2CC_LOG_LEVEL": "LOUD"}, "log level must be"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("'", "'")):
+        Config.from_env(env)
+
+
+def test_sizes() -> None:
+    assert parse_bytes("512M") == 512 * 2**20
+    assert parse_bytes("1.5GiB") == int(1.5 * 2**30)
+    with pytest.raises(ValueError, match="not a size"):
+        parse_bytes("lots")
+
+
+def test_envelope_round_trip_and_damage() -> None:
+    blob = envelope.pack(b'{"data": "x"}', {"ab/k.so": b"\x7fELF", "cd/q.so": b""})
+    assert envelope.unpack(blob) == (b'{"data": "x"}', {"ab/k.so": b"\x7fELF", "cd/q.so": b""})
+    with pytest.raises(envelope.EnvelopeError):
+        envelope.unpack(b"not ours")
+    with pytest.raises(envelope.EnvelopeError):
+        envelope.unpack(blob[:-2])
+
+
+def test_kernel_files_take_new_and_place(tmp_path: Path) -> None:
+    src, dst = tmp_path / "a", tmp_path / "b"
+    (src / "xy").mkdir(parents=True)
+    (src / "xy" / "old.so").write_bytes(b"old")
+    kernels = KernelFiles(str(src))
+    (src / "xy" / "new.so").write_bytes(b"new")
+    (src / "xy" / "new.cpp").write_text("not a library")
+    assert kernels.take_new() == {"xy/new.so": b"new"}
+    assert kernels.take_new() == {}
+    placed = KernelFiles(str(dst)).place({"xy/new.so": b"new", "../evil.so": b"x",
+                                          "xy/../../e.so": b"x"})
+    assert placed == 1
+    assert (dst / "xy" / "new.so").read_bytes() == b"new"
+    assert not any(p.name.endswith(".so") for p in tmp_path.iterdir())
+    assert sorted(os.listdir(dst)) == ["xy"]
