@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import stat
 import sys
 import threading
 from collections.abc import Callable
@@ -113,6 +114,18 @@ def _at_exit() -> None:
         log.exception("writing the coordinator's summary failed")
 
 
+def _others_can_write(store: Any) -> bool:
+    """A bucket may be shared by anyone with credentials; a directory says so in its mode."""
+    from storage.location import is_local
+
+    if not is_local(store.fs):
+        return True
+    try:
+        return bool(os.stat(store.root).st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+    except OSError:
+        return False
+
+
 def _open_store(config: Config) -> Any | None:
     from storage import StoreUnavailable, open_store
 
@@ -128,5 +141,10 @@ def _open_store(config: Config) -> Any | None:
                     config.cache_url, exc)
         return None
     log.debug("store %s, fingerprint %s (%s)", config.cache_url, fp, fields)
+    if rank_log.rank() == 0 and not store.signed and _others_can_write(store):
+        log.warning("store %s is unsigned and others can write to it: its artifacts are "
+                    "pickles, code that every rank runs. Set PT2CC_SIGNING_KEY or "
+                    "PT2CC_SIGNING_KEY_FILE to refuse objects not written with your key",
+                    config.cache_url)
     os.environ.setdefault("PT2CC_FINGERPRINT", fp)
     return store

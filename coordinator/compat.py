@@ -77,6 +77,17 @@ def inductor_cache_dir() -> str:
     return cache_dir()
 
 
+def precompiled_header_dir() -> str:
+    """Where Inductor keeps precompiled C++ headers: under the *default* cache dir."""
+    codecache = importlib.import_module("torch._inductor.codecache")
+    found = getattr(codecache, "_HEADER_DIR", None)
+    if found is not None:
+        return found
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    return os.path.join(default_cache_dir(), "precompiled_headers")
+
+
 def register_compile_end(callback: Callable[[Any], None]) -> Callable[[], None]:
     """Dynamo's compile-end callbacks (they also fire for lazy backward compiles)."""
     from torch._dynamo.callback import callback_handler

@@ -1,10 +1,14 @@
-"""The CPU backend's compiled C++ kernel libraries, carried with the FX graph that uses them.
+"""The CPU backend's compiled C++ libraries, carried with the FX graph that uses them.
 
 Inductor's C++ code cache skips the build when `<cache_dir>/<xx>/<hash>.so` exists, and
 the hash covers the source and the compile command, not the machine: a library built on
 one node is found by path on another. Within one process FX graphs compile one after
 another, so the libraries that appeared since the previous publish belong to this graph
 (on a node shared by several ranks a few foreign ones may ride along: harmless bytes).
+
+Snapshots also carry the precompiled header Inductor builds before *every* C++ load,
+even when the library exists: on a fresh node that build alone costs seconds. It lives
+under `precompiled_headers/` of the default cache dir and is named `pch/<file>` here.
 """
 
 from __future__ import annotations
@@ -18,72 +22,83 @@ from coordinator import compat
 
 log = logging.getLogger(__name__)
 
+PCH_PREFIX = "pch/"
+
 
 class KernelFiles:
     """Finds new kernel libraries to publish and places received ones where Inductor looks."""
 
-    def __init__(self, root: str | None = None) -> None:
+    def __init__(self, root: str | None = None, header_dir: str | None = None) -> None:
         self._root = root or compat.inductor_cache_dir()
+        self._header_dir = header_dir or compat.precompiled_header_dir()
         self._lock = threading.Lock()
-        self._known = set(self._scan())
+        self._known = set(self._scan_libraries())
 
     def take_new(self) -> dict[str, bytes]:
-        """Libraries built since the last call, as {path relative to the cache dir: bytes}."""
+        """Libraries built since the last call, as {name: bytes}."""
         with self._lock:
-            current = set(self._scan())
+            current = set(self._scan_libraries())
             new, self._known = current - self._known, self._known | current
         return self._read(new)
 
-    def _read(self, rels: Iterable[str]) -> dict[str, bytes]:
-        files = {}
-        for rel in sorted(rels):
-            try:
-                with open(os.path.join(self._root, rel), "rb") as f:
-                    files[rel] = f.read()
-            except OSError as exc:
-                log.debug("kernel library %s vanished before publishing: %s", rel, exc)
-        return files
-
     def all_files(self) -> dict[str, bytes]:
-        """Every library in the cache dir, the ISA probes included (for snapshots)."""
-        return self._read(self._scan())
+        """Every library and precompiled header here, the ISA probes included (snapshots)."""
+        return self._read([*self._scan_libraries(), *self._scan_headers()])
 
     def place(self, files: dict[str, bytes]) -> int:
-        """Write received libraries that are not here yet (atomically); returns how many."""
+        """Write received files that are not here yet (atomically); returns how many."""
         placed = 0
-        for rel, data in files.items():
-            path = os.path.join(self._root, rel)
-            if not _safe_relpath(rel) or os.path.exists(path):
+        for name, data in files.items():
+            path = self._path(name)
+            if path is None or os.path.exists(path):
                 continue
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.pt2cc-{os.getpid()}.tmp"
+            tmp = f"{path}.pt2cc-{os.getpid()}-{threading.get_ident()}.tmp"
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
             placed += 1
         with self._lock:
-            self._known |= set(files)
+            self._known |= {n for n in files if not n.startswith(PCH_PREFIX)}
         return placed
 
-    def _scan(self) -> list[str]:
+    def _path(self, name: str) -> str | None:
+        """Where a received file goes; None for any name that could escape our two dirs."""
+        parts = name.split("/")
+        if len(parts) != 2 or not all(p and p not in (".", "..") and "\\" not in p
+                                      for p in parts):
+            return None
+        if name.startswith(PCH_PREFIX):
+            return os.path.join(self._header_dir, parts[1])
+        return os.path.join(self._root, name) if len(parts[0]) == 2 else None
+
+    def _read(self, names: Iterable[str]) -> dict[str, bytes]:
+        files = {}
+        for name in sorted(names):
+            path = self._path(name)
+            try:
+                with open(path, "rb") as f:  # type: ignore[arg-type]
+                    files[name] = f.read()
+            except (OSError, TypeError) as exc:
+                log.debug("%s vanished before publishing: %s", name, exc)
+        return files
+
+    def _scan_libraries(self) -> list[str]:
         suffixes = compat.cpp_kernel_suffixes()
         out = []
-        try:
-            subdirs = [d for d in os.listdir(self._root) if len(d) == 2]
-        except OSError:
-            return out
-        for sub in subdirs:
-            try:
-                names = os.listdir(os.path.join(self._root, sub))
-            except OSError:
-                continue
-            out.extend(f"{sub}/{n}" for n in names if n.endswith(suffixes))
+        for sub in _listdir(self._root):
+            if len(sub) == 2:
+                out.extend(f"{sub}/{n}" for n in _listdir(os.path.join(self._root, sub))
+                           if n.endswith(suffixes))
         return out
 
+    def _scan_headers(self) -> list[str]:
+        return [PCH_PREFIX + n for n in _listdir(self._header_dir)
+                if n.endswith((".h", ".gch"))]
 
-def _safe_relpath(rel: str) -> bool:
-    """Only `xx/name.so` shapes: a stored object must never write outside the cache dir."""
-    parts = rel.split("/")
-    return len(parts) == 2 and len(parts[0]) == 2 and all(
-        p and p not in (".", "..") and "\\" not in p for p in parts
-    )
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []

@@ -213,6 +213,10 @@ def main(argv: list[str] | None = None) -> None:
         out.write_text(json.dumps(record, indent=1) + "\n")
 
     if distributed:
+        # Let every rank's last gradient all-reduce drain before the group goes away: a
+        # gloo worker still releasing a finished work can otherwise deadlock with the
+        # main thread, which holds the GIL while DDP's reducer destroys the group.
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -57,14 +57,17 @@ def test_kernel_files_take_new_and_place(tmp_path: Path) -> None:
     src, dst = tmp_path / "a", tmp_path / "b"
     (src / "xy").mkdir(parents=True)
     (src / "xy" / "old.so").write_bytes(b"old")
-    kernels = KernelFiles(str(src))
+    kernels = KernelFiles(str(src), str(tmp_path / "pch-a"))
     (src / "xy" / "new.so").write_bytes(b"new")
     (src / "xy" / "new.cpp").write_text("not a library")
     assert kernels.take_new() == {"xy/new.so": b"new"}
     assert kernels.take_new() == {}
-    placed = KernelFiles(str(dst)).place({"xy/new.so": b"new", "../evil.so": b"x",
-                                          "xy/../../e.so": b"x"})
-    assert placed == 1
+    receiver = KernelFiles(str(dst), str(tmp_path / "pch-b"))
+    placed = receiver.place({"xy/new.so": b"new", "../evil.so": b"x", "xy/../../e.so": b"x",
+                             "pch/h.h.gch": b"pch", "pch/../x": b"x", "abc/x.so": b"x"})
+    assert placed == 2
     assert (dst / "xy" / "new.so").read_bytes() == b"new"
+    assert (tmp_path / "pch-b" / "h.h.gch").read_bytes() == b"pch"
+    assert receiver.all_files() == {"xy/new.so": b"new", "pch/h.h.gch": b"pch"}
     assert not any(p.name.endswith(".so") for p in tmp_path.iterdir())
     assert sorted(os.listdir(dst)) == ["xy"]
