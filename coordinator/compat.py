@@ -128,6 +128,16 @@ def enable_caches() -> dict[tuple[str, str], Any]:
     return previous
 
 
+def disable_ddp_graph_split() -> dict[tuple[str, str], Any]:
+    """Compile DDP models whole: DDPOptimizer's per-bucket submodules set
+    `fakify_first_call`, for which AOTAutograd bypasses its cache."""
+    import torch._dynamo.config as dynamo_config
+
+    previous = {(dynamo_config.__name__, "optimize_ddp"): dynamo_config.optimize_ddp}
+    dynamo_config.optimize_ddp = False
+    return previous
+
+
 def restore_configs(previous: dict[tuple[str, str], Any]) -> None:
     for (module_name, name), value in previous.items():
         setattr(importlib.import_module(module_name), name, value)

@@ -44,6 +44,9 @@ class Config:
     snapshot_quiet_s: float = 30.0
     """Warm-up has ended when no compile ends for this long: rank 0 publishes a snapshot."""
     normalize_devices: bool = True
+    ddp_graph_split: bool = True
+    """False compiles a DDP model as one graph: AOTAutograd's cache then works (DDP's
+    graph splitting makes it bypass), at the cost of DDP's compute/communication overlap."""
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:

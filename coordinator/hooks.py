@@ -16,7 +16,7 @@ from coordinator import compat
 from coordinator.artifacts import GUARDED_KINDS, Artifacts
 
 
-def install(artifacts: Artifacts) -> Callable[[], None]:
+def install(artifacts: Artifacts, *, ddp_graph_split: bool = True) -> Callable[[], None]:
     """Hook PyTorch; returns a function that undoes every change."""
     from torch._inductor.remote_cache import RemoteCacheBackend
 
@@ -57,6 +57,8 @@ def install(artifacts: Artifacts) -> Callable[[], None]:
     undo.append(lambda: setattr(guarded, "iterate_over_candidates", original))
 
     previous_configs = compat.enable_caches()
+    if not ddp_graph_split:
+        previous_configs.update(compat.disable_ddp_graph_split())
     undo.append(lambda: compat.restore_configs(previous_configs))
     undo.append(compat.register_compile_end(lambda _args: artifacts.compile_ended()))
 

@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-device-normalization", dest="normalize_devices", action="store_const",
                    const=False, help="keep every GPU visible to every worker (keys become "
                    "per device index: ranks on different GPUs then share nothing)")
+    p.add_argument("--no-ddp-graph-split", dest="ddp_graph_split", action="store_const",
+                   const=False, help="compile DDP models as one graph (torch._dynamo.config."
+                   "optimize_ddp=False): warm starts load AOTAutograd's cache instead of "
+                   "tracing again, but DDP no longer overlaps communication with backward")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("-m", dest="module", metavar="MODULE", help="run a module, like python -m")
     p.add_argument("script", nargs="?", help="the training script")

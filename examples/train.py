@@ -213,9 +213,10 @@ def main(argv: list[str] | None = None) -> None:
         out.write_text(json.dumps(record, indent=1) + "\n")
 
     if distributed:
-        # Let every rank's last gradient all-reduce drain before the group goes away: a
-        # gloo worker still releasing a finished work can otherwise deadlock with the
-        # main thread, which holds the GIL while DDP's reducer destroys the group.
+        # A PyTorch race, not ours: DDP's reducer, freed with the GIL held, destroys the
+        # gloo group while a gloo worker may still be releasing the last backward's
+        # all-reduce, whose captured thread-local state holds a Python object and so needs
+        # the GIL: both wait forever. A barrier lets the workers drain first.
         dist.barrier()
         dist.destroy_process_group()
 

@@ -37,6 +37,7 @@ def main() -> None:
     with open(f"{args.out}.rank{rank}.json", "w") as f:
         json.dump({"rank": rank, "y": y.tolist(),
                    "restart": int(os.environ["TORCHELASTIC_RESTART_COUNT"])}, f)
+    dist.barrier()  # see examples/train.py: drain gloo before teardown
     dist.destroy_process_group()
 
 

@@ -147,6 +147,7 @@ def main() -> None:
     with open(f"{args.out}.rank{RANK}.json", "w") as f:
         json.dump({"rank": RANK, "results": results}, f, indent=1)
     if distributed:
+        dist.barrier()  # see examples/train.py: drain gloo before teardown
         dist.destroy_process_group()
 
 
