@@ -7,6 +7,7 @@ exit status, exceptions), with the coordinator installed before its first line.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import runpy
 import sys
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"script not found: {script}")
     else:
         script, script_args = None, target
+        if importlib.util.find_spec(opts.module.partition(".")[0]) is None:
+            parser.error(f"module not found: {opts.module}")
 
     settings = {k: v for k, v in vars(opts).items() if k not in ("module", "script", "args")}
     settings["tag"] = settings["tag"] or derive_tag(opts.module or script)
