@@ -1,7 +1,9 @@
-"""A job whose compiling rank is killed (SIGKILL) in the middle of its first compile.
+"""A job whose first compiling rank is killed (SIGKILL) in the middle of its compile.
 
 The kill sits in an Inductor post-grad pass, so it fires only on a rank that compiles
-(the claimant), and only in torchrun's first attempt (TORCHELASTIC_RESTART_COUNT=0).
+(the claimant), and only once per marker file (DIE_ONCE_MARKER): whoever compiles after
+that, a survivor or a restarted group, compiles normally. No process group: the job's
+c10d store (torchrun's, or the test's) is all the coordinator needs.
 """
 
 from __future__ import annotations
@@ -12,33 +14,33 @@ import os
 import signal
 
 import torch
-import torch.distributed as dist
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
 
-class KillOnFirstAttempt(CustomGraphPass):
+class KillOnce(CustomGraphPass):
     def __call__(self, graph: torch.fx.Graph) -> None:
-        if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
-            os.kill(os.getpid(), signal.SIGKILL)
+        try:
+            fd = os.open(os.environ["DIE_ONCE_MARKER"], os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            return
+        os.close(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def uuid(self) -> bytes:
-        return b"kill-on-first-attempt-v1"
+        return b"kill-once-v1"
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    dist.init_process_group("gloo")
-    torch._inductor.config.post_grad_custom_post_pass = KillOnFirstAttempt()
+    torch._inductor.config.post_grad_custom_post_pass = KillOnce()
     x = torch.arange(12.0).reshape(3, 4)
     y = torch.compile(lambda t: (t.sin() + 1).sum(dim=1))(x)
-    rank = dist.get_rank()
+    rank = int(os.environ["RANK"])
     with open(f"{args.out}.rank{rank}.json", "w") as f:
         json.dump({"rank": rank, "y": y.tolist(),
-                   "restart": int(os.environ["TORCHELASTIC_RESTART_COUNT"])}, f)
-    dist.barrier()  # see examples/train.py: drain gloo before teardown
-    dist.destroy_process_group()
+                   "restart": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))}, f)
 
 
 if __name__ == "__main__":

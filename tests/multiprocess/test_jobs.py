@@ -6,12 +6,18 @@ several tests read them.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import torch
+import torch.distributed as dist
 
 from tests.multiprocess import jobs
 
@@ -140,12 +146,42 @@ def test_two_jobs_at_once_on_one_store(train: dict, tmp_path: Path) -> None:
         assert list(store.glob(f"v1/*/objects/{entry.name[:2]}/{entry.name}")), entry
 
 
+DIE = Path(jobs.__file__).with_name("die_in_compile.py")
+EXPECTED_Y = (torch.arange(12.0).reshape(3, 4).sin() + 1).sum(dim=1).tolist()
+
+
 def test_claimant_killed_mid_compile_then_group_restarts(tmp_path: Path) -> None:
-    script = Path(jobs.__file__).with_name("die_in_compile.py")
+    """torchrun restarts the group; the new group's claims are new (run id + restart count)."""
     t0 = time.monotonic()
-    job = jobs.run(script, [], node=tmp_path / "node", store=str(tmp_path / "store"),
+    job = jobs.run(DIE, [], node=tmp_path / "node", store=str(tmp_path / "store"),
                    out=tmp_path / "out", torchrun_args=["--max-restarts", "1"],
-                   launcher_args=["--stale-after", "10"], timeout=300).check()
+                   env={"DIE_ONCE_MARKER": str(tmp_path / "died")}, timeout=300).check()
+    assert (tmp_path / "died").exists()
     assert [o["restart"] for o in job.outs] == [1, 1], job.output[-3000:]
-    assert job.outs[0]["y"] == pytest.approx(job.outs[1]["y"])
+    for out in job.outs:
+        assert out["y"] == pytest.approx(EXPECTED_Y)
     assert time.monotonic() - t0 < 240
+
+
+def test_claimant_killed_mid_compile_survivor_compiles(tmp_path: Path) -> None:
+    """Without a supervisor that kills the group, the waiter sees the heartbeat stop."""
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                           timeout=timedelta(seconds=30))
+    env = {**os.environ, **jobs.node_env(tmp_path / "node"), "PYTHONPATH": str(jobs.REPO),
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(server.port), "WORLD_SIZE": "2",
+           "TORCHELASTIC_RUN_ID": "survivor-test", "TORCHELASTIC_RESTART_COUNT": "0",
+           "DIE_ONCE_MARKER": str(tmp_path / "died"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "coordinator", "--cache", str(tmp_path / "store"),
+           "--stale-after", "6", str(DIE), "--out", str(tmp_path / "out")]
+    t0 = time.monotonic()
+    procs = [subprocess.Popen(cmd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [-signal.SIGKILL, 0], outputs
+    survivor = next(out for p, out in zip(procs, outputs, strict=True) if p.returncode == 0)
+    assert "no heartbeat" in survivor and "compiling locally" in survivor, survivor
+    results = [json.loads(p.read_text()) for p in tmp_path.glob("out.rank*.json")]
+    assert len(results) == 1 and results[0]["y"] == pytest.approx(EXPECTED_Y)
+    assert time.monotonic() - t0 < 180
