@@ -48,17 +48,19 @@ class Artifacts:
         self._kernels = kernels
         self._stats = stats
         self._offered: dict[tuple[str, str], set[str]] = {}  # digests handed to PyTorch
-        self._listed: set[tuple[str, str]] = set()  # keys offer_local already fetched
+        # PyTorch's local dir of each guarded key offer_local has seen (and fetched once).
+        self._subdirs: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
         self._store_down_until = 0.0
+        self._writes_refused = False  # the store said no to a write: stop publishing, keep reading
 
     # -- called by the hooks -------------------------------------------------------------
 
     def offer_local(self, kind: str, key: str, subdir: str) -> None:
         """Put every stored variant of `key` where PyTorch's guard evaluation will see it."""
-        if (kind, key) in self._listed:
+        if (kind, key) in self._subdirs:
             return
-        self._listed.add((kind, key))
+        self._subdirs[(kind, key)] = subdir
         self._await_snapshot()
         if os.path.isdir(subdir) and any(not n.startswith(".") for n in os.listdir(subdir)):
             # Warm locally (or from the snapshot): no store traffic. Should no local entry's
@@ -91,7 +93,7 @@ class Artifacts:
         """PyTorch publishing a fresh entry: store it, then let waiters in."""
         try:
             files = self._kernels.take_new() if kind == "fxgraph" else {}
-            if self._store is not None and not self._store_down():
+            if self._store is not None and not self._store_down() and not self._writes_refused:
                 if kind not in CLAIMING_KINDS and self._published_meanwhile(kind, key):
                     return
                 blob = envelope.pack(value, files)
@@ -99,7 +101,13 @@ class Artifacts:
                 self._note_offered(kind, key, _digest(blob))
                 self._stats.published += 1
         except Exception as exc:  # noqa: BLE001
-            self._store_failed(exc, f"publishing {kind} {key}")
+            if isinstance(exc.__cause__, PermissionError):  # a read-only store, not an outage
+                self._stats.store_errors += 1
+                self._writes_refused = True
+                log.warning("store refused publishing %s %s (%s); publishing nothing more, "
+                            "still loading from it", kind, key, exc)
+            else:
+                self._store_failed(exc, f"publishing {kind} {key}")
         finally:
             self._flight.finish(kind, key)
 
@@ -119,9 +127,9 @@ class Artifacts:
         if not fresh:
             return None
         digest, blob = fresh[0]
-        if kind in GUARDED_KINDS:
+        subdir = self._subdirs.get((kind, key))
+        if subdir is not None:
             # Older variants go to the local dir for the next lookup's guard evaluation.
-            subdir = _local_dir(kind, key)
             for other_digest, other in fresh[1:]:
                 self._materialize(kind, key, other_digest, other, subdir)
         try:
@@ -195,11 +203,3 @@ class Artifacts:
 
 def _digest(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
-
-
-def _local_dir(kind: str, key: str) -> str:
-    import torch._functorch._aot_autograd.autograd_cache as aot
-    import torch._inductor.codecache as codecache
-
-    cls = codecache.FxGraphCache if kind == "fxgraph" else aot.AOTAutogradCache
-    return cls._get_tmp_dir_for_key(key)

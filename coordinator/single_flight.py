@@ -23,6 +23,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 LOG_EVERY_S = 5.0
+# A waiter loads at most this long after the publish; three small store ops per poll.
+MAX_POLL_S = 0.05
 
 
 class WaitResult(enum.Enum):
@@ -145,7 +147,7 @@ class SingleFlight:
                              owner if owner is not None else "?", kind, _short(key), now - start)
                     next_log = now + LOG_EVERY_S
                 time.sleep(poll)
-                poll = min(poll * 1.5, 0.2)
+                poll = min(poll * 1.5, MAX_POLL_S)
         except Exception as exc:  # noqa: BLE001 - a broken store must not hang the job
             log.warning("c10d store failed while waiting for %s (%s); compiling locally", name, exc)
             return WaitResult.CLAIMANT_DEAD
