@@ -87,7 +87,8 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         from coordinator import hooks
 
         undo = hooks.install(Artifacts(store, flight, kernels, stats, snapshots,
-                                       snapshot_wait_s=config.store_timeout_s * 2),
+                                       snapshot_wait_s=config.store_timeout_s * 2,
+                                       store_deadline_s=config.store_timeout_s * 2),
                              ddp_graph_split=config.ddp_graph_split)
         _active = _Installation(config, store, flight, stats, snapshots, undo)
         atexit.register(_at_exit)

@@ -14,6 +14,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from coordinator import compat, envelope
 from coordinator.kernels import KernelFiles
@@ -22,6 +25,7 @@ from coordinator.snapshot import Snapshots
 from coordinator.stats import RankStats
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Kinds whose miss is worth one rank compiling while the others wait: an FX graph is where
 # Inductor spends the compile. AOTAutograd entries are looked up *before* AOTAutograd
@@ -40,8 +44,15 @@ class Artifacts:
 
     def __init__(self, store: object | None, flight: SingleFlight, kernels: KernelFiles,
                  stats: RankStats, snapshots: Snapshots | None = None,
-                 snapshot_wait_s: float = 60.0) -> None:
+                 snapshot_wait_s: float = 60.0, store_deadline_s: float = 120.0) -> None:
         self._store = store
+        # Store calls run on their own thread. A store error's traceback (and fsspec keeps
+        # exceptions in reference cycles) would otherwise pin the compile thread's frames
+        # until the garbage collector runs, and PyTorch resets DDPOptimizer's
+        # `fakify_first_call` in a `__del__` of such a frame: a late reset broke the next
+        # bucket's compile ("Cannot access data pointer of Tensor") on s3://.
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pt2cc-store")
+        self._store_deadline_s = store_deadline_s
         self._snapshots = snapshots
         self._snapshot_wait_s = snapshot_wait_s
         self._flight = flight
@@ -97,7 +108,7 @@ class Artifacts:
                 if kind not in CLAIMING_KINDS and self._published_meanwhile(kind, key):
                     return
                 blob = envelope.pack(value, files)
-                self._store.put(kind, key, blob)  # type: ignore[attr-defined]
+                self._on_store_thread(self._store.put, kind, key, blob)  # type: ignore[attr-defined]
                 self._note_offered(kind, key, _digest(blob))
                 self._stats.published += 1
         except Exception as exc:  # noqa: BLE001
@@ -164,7 +175,9 @@ class Artifacts:
         if self._store is None or self._store_down():
             return []
         try:
-            variants = self._store.get_variants(kind, key)  # type: ignore[attr-defined]
+            variants = self._on_store_thread(
+                self._store.get_variants, kind, key  # type: ignore[attr-defined]
+            )
         except Exception as exc:  # noqa: BLE001
             self._store_failed(exc, f"looking up {kind} {key}")
             return []
@@ -192,6 +205,10 @@ class Artifacts:
 
     def _store_down(self) -> bool:
         return time.monotonic() < self._store_down_until
+
+    def _on_store_thread(self, fn: Callable[..., T], *args: object) -> T:
+        """Run one store call on the store thread, within the store's own deadline."""
+        return self._io.submit(fn, *args).result(timeout=self._store_deadline_s)
 
     def _store_failed(self, exc: Exception, what: str) -> None:
         self._stats.store_errors += 1

@@ -88,6 +88,11 @@ def precompiled_header_dir() -> str:
     return os.path.join(default_cache_dir(), "precompiled_headers")
 
 
+def triton_cache_root() -> str:
+    """Triton's cache as Inductor points it: TRITON_CACHE_DIR, else under the cache dir."""
+    return os.environ.get("TRITON_CACHE_DIR") or os.path.join(inductor_cache_dir(), "triton")
+
+
 def register_compile_end(callback: Callable[[Any], None]) -> Callable[[], None]:
     """Dynamo's compile-end callbacks (they also fire for lazy backward compiles)."""
     from torch._dynamo.callback import callback_handler

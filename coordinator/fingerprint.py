@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 import platform
 import sys
 
@@ -24,7 +25,9 @@ def describe() -> dict[str, str]:
         "triton": _dist_version("triton") or _dist_version("pytorch-triton") or "none",
     }
     if torch.cuda.is_available():
-        index = torch.cuda.current_device()
+        # This process's own GPU: its device is not set yet when the launcher asks.
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        index = local if local < torch.cuda.device_count() else torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)
         fields["gpu"] = props.name
         fields["capability"] = f"{props.major}.{props.minor}"

@@ -9,6 +9,8 @@ another, so the libraries that appeared since the previous publish belong to thi
 Snapshots also carry the precompiled header Inductor builds before *every* C++ load,
 even when the library exists: on a fresh node that build alone costs seconds. It lives
 under `precompiled_headers/` of the default cache dir and is named `pch/<file>` here.
+And they carry Triton's cache (`triton/<path>`): PyTorch leaves some kernels out of its
+FX entries (user Triton kernels, some reductions), which a fresh node would rebuild.
 """
 
 from __future__ import annotations
@@ -23,14 +25,17 @@ from coordinator import compat
 log = logging.getLogger(__name__)
 
 PCH_PREFIX = "pch/"
+TRITON_PREFIX = "triton/"
 
 
 class KernelFiles:
     """Finds new kernel libraries to publish and places received ones where Inductor looks."""
 
-    def __init__(self, root: str | None = None, header_dir: str | None = None) -> None:
+    def __init__(self, root: str | None = None, header_dir: str | None = None,
+                 triton_dir: str | None = None) -> None:
         self._root = root or compat.inductor_cache_dir()
         self._header_dir = header_dir or compat.precompiled_header_dir()
+        self._triton_dir = triton_dir or compat.triton_cache_root()
         self._lock = threading.Lock()
         self._known = set(self._scan_libraries())
 
@@ -42,8 +47,8 @@ class KernelFiles:
         return self._read(new)
 
     def all_files(self) -> dict[str, bytes]:
-        """Every library and precompiled header here, the ISA probes included (snapshots)."""
-        return self._read([*self._scan_libraries(), *self._scan_headers()])
+        """Every library, precompiled header and Triton kernel here (for snapshots)."""
+        return self._read([*self._scan_libraries(), *self._scan_headers(), *self._scan_triton()])
 
     def place(self, files: dict[str, bytes]) -> int:
         """Write received files that are not here yet (atomically); returns how many."""
@@ -59,14 +64,17 @@ class KernelFiles:
             os.replace(tmp, path)
             placed += 1
         with self._lock:
-            self._known |= {n for n in files if not n.startswith(PCH_PREFIX)}
+            self._known |= {n for n in files if "/" in n and len(n.split("/")[0]) == 2}
         return placed
 
     def _path(self, name: str) -> str | None:
-        """Where a received file goes; None for any name that could escape our two dirs."""
+        """Where a received file goes; None for any name that could escape our dirs."""
         parts = name.split("/")
-        if len(parts) != 2 or not all(p and p not in (".", "..") and "\\" not in p
-                                      for p in parts):
+        if not all(p and p not in (".", "..") and "\\" not in p for p in parts):
+            return None
+        if name.startswith(TRITON_PREFIX) and 2 <= len(parts) <= 4:
+            return os.path.join(self._triton_dir, *parts[1:])
+        if len(parts) != 2:
             return None
         if name.startswith(PCH_PREFIX):
             return os.path.join(self._header_dir, parts[1])
@@ -95,6 +103,15 @@ class KernelFiles:
     def _scan_headers(self) -> list[str]:
         return [PCH_PREFIX + n for n in _listdir(self._header_dir)
                 if n.endswith((".h", ".gch"))]
+
+
+    def _scan_triton(self) -> list[str]:
+        out = []
+        for top, _dirs, names in os.walk(self._triton_dir):
+            rel = os.path.relpath(top, self._triton_dir)
+            prefix = TRITON_PREFIX if rel == "." else f"{TRITON_PREFIX}{rel}/"
+            out.extend(prefix + n for n in names if not n.endswith(".tmp"))
+        return out
 
 
 def _listdir(path: str) -> list[str]:

@@ -57,17 +57,21 @@ def test_kernel_files_take_new_and_place(tmp_path: Path) -> None:
     src, dst = tmp_path / "a", tmp_path / "b"
     (src / "xy").mkdir(parents=True)
     (src / "xy" / "old.so").write_bytes(b"old")
-    kernels = KernelFiles(str(src), str(tmp_path / "pch-a"))
+    kernels = KernelFiles(str(src), str(tmp_path / "pch-a"), str(tmp_path / "tr-a"))
     (src / "xy" / "new.so").write_bytes(b"new")
     (src / "xy" / "new.cpp").write_text("not a library")
     assert kernels.take_new() == {"xy/new.so": b"new"}
     assert kernels.take_new() == {}
-    receiver = KernelFiles(str(dst), str(tmp_path / "pch-b"))
+    receiver = KernelFiles(str(dst), str(tmp_path / "pch-b"), str(tmp_path / "tr-b"))
     placed = receiver.place({"xy/new.so": b"new", "../evil.so": b"x", "xy/../../e.so": b"x",
-                             "pch/h.h.gch": b"pch", "pch/../x": b"x", "abc/x.so": b"x"})
-    assert placed == 2
+                             "pch/h.h.gch": b"pch", "pch/../x": b"x", "abc/x.so": b"x",
+                             "triton/0/HASH/k.cubin": b"cubin", "triton/../x": b"x",
+                             "triton/a/b/c/d/e": b"x"})
+    assert placed == 3
     assert (dst / "xy" / "new.so").read_bytes() == b"new"
     assert (tmp_path / "pch-b" / "h.h.gch").read_bytes() == b"pch"
-    assert receiver.all_files() == {"xy/new.so": b"new", "pch/h.h.gch": b"pch"}
+    assert (tmp_path / "tr-b" / "0" / "HASH" / "k.cubin").read_bytes() == b"cubin"
+    assert receiver.all_files() == {"xy/new.so": b"new", "pch/h.h.gch": b"pch",
+                                    "triton/0/HASH/k.cubin": b"cubin"}
     assert not any(p.name.endswith(".so") for p in tmp_path.iterdir())
     assert sorted(os.listdir(dst)) == ["xy"]
