@@ -65,7 +65,13 @@ class NodeCache:
     @contextlib.contextmanager
     def lock(self, digest: str) -> Iterator[None]:
         """Hold the node-wide lock for `digest` while one process downloads it."""
-        with open(self._locks / digest, "a") as f:
+        try:
+            f = open(self._locks / digest, "a")  # noqa: SIM115 - closed by the `with` below
+        except OSError as e:  # a read-only or full node disk: download without the lock
+            log.debug("node cache lock for %s unavailable (%s)", digest, e)
+            yield
+            return
+        with f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield

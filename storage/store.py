@@ -172,7 +172,10 @@ class ArtifactStore:
             try:
                 nc.put(digest, blob)
             except OSError as e:
-                log.warning("node cache %s not writable (%s); continuing without it", nc.dir, e)
+                if "node cache" not in self._warned:
+                    self._warned.add("node cache")
+                    log.warning("node cache %s not writable (%s); continuing without it",
+                                nc.dir, e)
             return payload
 
     def _quarantine(self, digest: str, err: IntegrityError) -> None:
