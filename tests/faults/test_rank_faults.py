@@ -76,5 +76,8 @@ def test_late_rank_loads_without_waiting(tmp_path: Path) -> None:
     stats = {s["rank"]: s for s in job.stats}
     assert stats[0]["fxgraph_cache_miss"] == 1, stats
     assert stats[1]["waits"] == 0 and stats[1]["fxgraph_cache_miss"] == 0, stats
-    assert stats[1]["fxgraph_cache_hit"] == 1 and stats[1]["loaded"] >= 1, stats
+    # Both ranks share the node's Inductor cache: rank 1 hits what rank 0 wrote there
+    # (or, on another node, what it published).
+    assert stats[1]["fxgraph_cache_hit"] == 1, stats
+    assert stats[0]["published"] >= 1, stats
     common.verify(str(store))

@@ -112,17 +112,27 @@ def test_seed_scenarios_compile_once_then_load(scenarios: dict) -> None:
 @pytest.mark.s3
 def test_cold_then_warm_on_s3(s3_bucket: str, tmp_path: Path) -> None:
     store = f"s3://{s3_bucket}/cache"
-    args = ["--steps", "2", "--layers", "1"]
+    # d-model 128: parameters past DDP's 1 MB first bucket, so DDPOptimizer splits the graph
+    # (AOTAutograd then bypasses) and S3 misses happen inside its bucket compiles.
+    args = ["--steps", "2", "--layers", "2", "--d-model", "128"]
     cold = jobs.run(jobs.TRAIN, args, node=tmp_path / "a", store=store,
                     out=tmp_path / "cold").check()
     warm = jobs.run(jobs.TRAIN, args, node=tmp_path / "b", store=store,
                     out=tmp_path / "warm").check()
-    assert cold.total("fxgraph_cache_miss") > 0
-    assert cold.total("fxgraph_cache_miss") == max(s["fxgraph_cache_miss"] for s in cold.stats)
+    assert cold.total("autograd_cache_bypass") > 0  # the graph was split
+    keys = fx_keys_on_s3(s3_bucket)
+    assert keys and cold.total("fxgraph_cache_miss") == len(keys), cold.stats
     for stats in warm.stats:
         assert stats["fxgraph_cache_miss"] == 0, stats
     for got, want in zip(warm.outs, cold.outs, strict=True):
         assert got["losses"] == pytest.approx(want["losses"], rel=1e-5, abs=1e-6)
+
+
+def fx_keys_on_s3(bucket: str) -> list[str]:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": os.environ["AWS_ENDPOINT_URL"]})
+    return fs.glob(f"{bucket}/cache/v1/*/index/fxgraph/*")
 
 
 def test_two_jobs_at_once_on_one_store(train: dict, tmp_path: Path) -> None:
