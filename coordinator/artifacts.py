@@ -122,6 +122,11 @@ class Artifacts:
         finally:
             self._flight.finish(kind, key)
 
+    def compile_started(self) -> None:
+        """Before anything of a compile runs (Inductor probes the CPU while it computes its
+        first key), the snapshot's files must be in place."""
+        self._await_snapshot()
+
     def compile_ended(self) -> None:
         """A Dynamo compile (or lazy backward compile) ended: no claim outlives it."""
         self._flight.finish_all()

@@ -148,14 +148,26 @@ def restore_configs(previous: dict[tuple[str, str], Any]) -> None:
         setattr(importlib.import_module(module_name), name, value)
 
 
-def cpu_vec_isa() -> str:
-    """The SIMD level Inductor builds C++ kernels for: avx512 kernels don't load on avx2."""
-    try:
-        from torch._inductor.cpu_vec_isa import pick_vec_isa
+def cpu_capability() -> str:
+    """ATen's CPU dispatch level (AVX512, AVX2, ...): what a CPU kernel may rely on.
 
-        return str(pick_vec_isa())
+    Inductor's own probe (`pick_vec_isa`) compiles test programs on a fresh machine, seconds
+    of g++ before the snapshot that carries their results could be placed: not here.
+    """
+    import torch
+
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
     except Exception:  # noqa: BLE001 - a missing probe only widens the fingerprint's doubt
         return "unknown"
+
+
+def register_compile_start(callback: Callable[[Any], None]) -> Callable[[], None]:
+    """Dynamo's compile-start callbacks: the first one waits for the snapshot."""
+    from torch._dynamo.callback import callback_handler
+
+    callback_handler.register_start_callback(callback)
+    return lambda: callback_handler.remove_start_callback(callback)
 
 
 def torch_version() -> str:

@@ -33,7 +33,7 @@ def describe() -> dict[str, str]:
         fields["capability"] = f"{props.major}.{props.minor}"
     else:
         fields["gpu"] = "none"
-        fields["cpu_isa"] = compat.cpu_vec_isa()
+        fields["cpu"] = compat.cpu_capability()
     return fields
 
 
