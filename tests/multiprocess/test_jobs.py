@@ -102,9 +102,8 @@ def test_seed_scenarios_agree_with_eager_on_every_rank(scenarios: dict, phase: s
 def test_seed_scenarios_compile_once_then_load(scenarios: dict) -> None:
     cold, warm = scenarios["cold"], scenarios["warm"]
     keys = jobs.store_variants(scenarios["store"], "fxgraph")
-    # Ranks with different sizes need different graphs: no graph is compiled twice.
+    # No graph is compiled twice, whichever rank claims it (ranks' sizes differ in some).
     assert cold.total("fxgraph_cache_miss") == len(keys)
-    assert max(s["fxgraph_cache_miss"] for s in cold.stats) < len(keys)
     for stats in warm.stats:
         assert stats["fxgraph_cache_miss"] == 0, stats
 
