@@ -23,6 +23,7 @@ from coordinator.kernels import KernelFiles
 from coordinator.single_flight import SingleFlight, WaitResult
 from coordinator.snapshot import Snapshots
 from coordinator.stats import RankStats
+from storage.atomic import write_file
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -166,13 +167,9 @@ class Artifacts:
             log.warning("ignoring unreadable object under %s %s: %s", kind, key, exc)
             return
         self._kernels.place(files)
-        os.makedirs(subdir, exist_ok=True)
         path = os.path.join(subdir, compat.local_entry_name(content))
         if not os.path.exists(path):
-            tmp = os.path.join(subdir, f".pt2cc-{os.getpid()}.tmp")  # dot: PyTorch skips it
-            with open(tmp, "wb") as f:
-                f.write(content)
-            os.replace(tmp, path)
+            write_file(path, content)
             self._stats.materialized += 1
         self._note_offered(kind, key, digest)
 

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterable
 
 from coordinator import compat
+from storage.atomic import write_file
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,7 @@ class KernelFiles:
             path = self._path(name)
             if path is None or os.path.exists(path):
                 continue
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.pt2cc-{os.getpid()}-{threading.get_ident()}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            write_file(path, data)
             placed += 1
         with self._lock:
             self._known |= {n for n in files if "/" in n and len(n.split("/")[0]) == 2}

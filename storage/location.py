@@ -6,17 +6,16 @@ install, whether a root is a bucket); everything else speaks plain fsspec.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
-import tempfile
 from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from storage.atomic import write_file
 from storage.errors import StoreConfigError, StoreUnavailable
 from storage.retry import Retrier
 
@@ -170,17 +169,7 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     if not is_local(fs):
         fs.pipe_file(path, data)
         return
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_file(path, data)
 
 
 def move(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:

@@ -12,9 +12,10 @@ import contextlib
 import fcntl
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from storage.atomic import write_file
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +45,7 @@ class NodeCache:
 
     def put(self, digest: str, data: bytes) -> None:
         """Store bytes atomically (temp file + os.replace), then evict down to the size bound."""
-        path = self._path(digest)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_file(self._path(digest), data)
         self.evict()
 
     def discard(self, digest: str) -> None:

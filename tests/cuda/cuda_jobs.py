@@ -23,6 +23,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from tests.multiprocess.jobs import node_env  # one node layout for CPU and GPU jobs
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 TRAIN = REPO / "examples" / "train.py"
@@ -49,17 +51,6 @@ def two_gpus() -> bool:
         return torch.cuda.is_available() and torch.cuda.device_count() >= 2
     except Exception:  # noqa: BLE001 - no torch, no CUDA: the tests skip
         return False
-
-
-def node_env(node: Path) -> dict[str, str]:
-    for sub in ("inductor", "triton", "objects", "tmp"):
-        (node / sub).mkdir(parents=True, exist_ok=True)
-    return {
-        "TORCHINDUCTOR_CACHE_DIR": str(node / "inductor"),
-        "TRITON_CACHE_DIR": str(node / "triton"),
-        "PT2CC_NODE_CACHE_DIR": str(node / "objects"),
-        "TMPDIR": str(node / "tmp"),
-    }
 
 
 @dataclasses.dataclass
