@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import pytest
 from cuda_jobs import (
     TRAIN,
+    expect_no_kernel_beyond_pytorch,
     fx_only_node,
-    kernel_names,
     losses_close,
     start,
     store_fx_keys,
@@ -68,11 +68,4 @@ def test_dynamic_fresh_node_guards_pass_on_both_ranks(jobs: SimpleNamespace) -> 
 
 def test_dynamic_fresh_node_compiles_no_triton_kernel(jobs: SimpleNamespace) -> None:
     job, baseline = jobs.warm.check(), jobs.plain_fxonly.check()
-    extra = {r: set(job.compiled_kernels(r)) for r in range(2)}
-    if not any(extra.values()):
-        return
-    names = {r: kernel_names(list(extra[r])) for r in range(2)}
-    if all(extra[r] <= set(baseline.compiled_kernels(r)) for r in range(2)):
-        pytest.xfail(f"compiled on a fresh node, as PyTorch alone does warm from its FX "
-                     f"cache: {names}")
-    raise AssertionError(f"compiled on a fresh node beyond PyTorch's own FX cache: {names}")
+    expect_no_kernel_beyond_pytorch(job, baseline)

@@ -15,8 +15,8 @@ import pytest
 from cuda_jobs import (
     TRAIN,
     Job,
+    expect_no_kernel_beyond_pytorch,
     fx_only_node,
-    kernel_names,
     losses_close,
     start,
     store_fx_keys,
@@ -126,16 +126,7 @@ def _no_compile_beyond_pytorch(job: Job, baseline: Job) -> None:
     (`baseline`) too is PyTorch's behaviour: xfail, naming it."""
     graphs = [job.stat(r, "fxgraph_cache_miss") for r in range(2)]
     assert graphs == [0, 0], f"graphs compiled per rank {graphs}: their kernels too, of course"
-    extra = {r: set(job.compiled_kernels(r)) for r in range(2)}
-    if not any(extra.values()):
-        return
-    also_pytorch = all(extra[r] <= set(baseline.compiled_kernels(r)) for r in range(2))
-    names = {r: kernel_names(list(extra[r])) for r in range(2)}
-    if also_pytorch:
-        pytest.xfail(f"Triton kernels compiled on a fresh node, as PyTorch alone does warm "
-                     f"from its FX cache (not carried in its FX entries): {names}")
-    raise AssertionError(f"Triton kernels compiled on a fresh node that PyTorch's own FX "
-                         f"cache does not recompile: {names}")
+    expect_no_kernel_beyond_pytorch(job, baseline)
 
 
 @pytest.mark.parametrize("store", STORES)

@@ -13,7 +13,16 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from cuda_jobs import WORKLOADS, Job, fx_only_node, kernel_names, start, store_fx_keys, two_gpus
+from cuda_jobs import (
+    WORKLOADS,
+    Job,
+    expect_no_kernel_beyond_pytorch,
+    fx_only_node,
+    kernel_names,
+    start,
+    store_fx_keys,
+    two_gpus,
+)
 from workloads import CASES, write_kernel_module
 
 pytestmark = [pytest.mark.cuda,
@@ -96,14 +105,7 @@ def test_warm_compiles_no_user_kernel(jobs: SimpleNamespace) -> None:
     Inductor's Triton bundle; where PyTorch alone (warm from its FX cache) recompiles them
     too, that is PyTorch's doing: xfail."""
     job, baseline = jobs.warm.check(), jobs.plain_fxonly.check()
-    extra = {r: set(job.compiled_kernels(r)) for r in range(2)}
-    if not any(extra.values()):
-        return
-    names = {r: kernel_names(list(extra[r])) for r in range(2)}
-    if all(extra[r] <= set(baseline.compiled_kernels(r)) for r in range(2)):
-        pytest.xfail(f"Triton kernels compiled on a fresh node, as PyTorch alone does warm "
-                     f"from its FX cache: {names}")
-    raise AssertionError(f"compiled on a fresh node beyond PyTorch's own FX cache: {names}")
+    expect_no_kernel_beyond_pytorch(job, baseline)
 
 
 def test_changed_kernel_invalidates_its_graphs_on_every_rank(jobs: SimpleNamespace) -> None:
