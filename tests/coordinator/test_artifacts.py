@@ -1,0 +1,70 @@
+"""Decision 5 at our end: every guarded variant stored under a key reaches PyTorch's
+local dir, where PyTorch's own guard evaluation picks one (or none) per rank."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from coordinator import compat, envelope
+from coordinator.artifacts import Artifacts
+from coordinator.kernels import KernelFiles
+from coordinator.single_flight import SingleFlight
+from coordinator.stats import RankStats
+from storage import open_store
+
+KEY = "pt2:fx-graph-v1::fkey:c1"
+
+
+def variant(content: bytes, files: dict[str, bytes] | None = None) -> bytes:
+    value = json.dumps({"data": base64.b64encode(content).decode(), "time_taken_ms": 1})
+    return envelope.pack(value.encode(), files)
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> tuple[Artifacts, object, Path]:
+    store = open_store(str(tmp_path / "store"), fingerprint="fp", node_cache_dir=None)
+    kernels = KernelFiles(str(tmp_path / "inductor"), str(tmp_path / "pch"),
+                          str(tmp_path / "triton"))
+    flight = SingleFlight(None, 0, wait_timeout_s=5, stale_after_s=4, heartbeat_s=1)
+    return Artifacts(store, flight, kernels, RankStats()), store, tmp_path
+
+
+def test_every_variant_lands_in_the_local_dir_with_its_kernels(parts: tuple) -> None:
+    artifacts, store, tmp = parts
+    store.put("fxgraph", KEY, variant(b"specialised", {"ab/k1.so": b"lib1"}))
+    store.put("fxgraph", KEY, variant(b"general", {"cd/k2.so": b"lib2"}))
+    subdir = tmp / "inductor" / "fxgraph" / "fkey"
+    artifacts.offer_local("fxgraph", KEY, str(subdir))
+    entries = {p.read_bytes() for p in subdir.iterdir()}
+    assert entries == {b"specialised", b"general"}
+    assert sorted(p.name for p in subdir.iterdir()) == sorted(
+        compat.local_entry_name(c) for c in (b"specialised", b"general"))
+    assert (tmp / "inductor" / "ab" / "k1.so").read_bytes() == b"lib1"
+    assert (tmp / "inductor" / "cd" / "k2.so").read_bytes() == b"lib2"
+    # Both were offered: a remote lookup (no local guard held) finds nothing new, compiles.
+    assert artifacts.get("fxgraph", KEY) is None
+
+
+def test_a_variant_published_later_is_handed_over_by_the_remote_lookup(parts: tuple) -> None:
+    artifacts, store, tmp = parts
+    store.put("fxgraph", KEY, variant(b"first"))
+    subdir = tmp / "inductor" / "fxgraph" / "fkey"
+    artifacts.offer_local("fxgraph", KEY, str(subdir))
+    store.put("fxgraph", KEY, variant(b"second"))  # another rank, meanwhile
+    payload = artifacts.get("fxgraph", KEY)
+    assert payload is not None
+    assert base64.b64decode(json.loads(payload)["data"]) == b"second"
+    assert artifacts.get("fxgraph", KEY) is None
+
+
+def test_unclaimed_kinds_do_not_pile_up_duplicates(parts: tuple) -> None:
+    artifacts, store, tmp = parts
+    subdir = tmp / "inductor" / "aotautograd" / "akey"
+    artifacts.offer_local("aotautograd", "akey", str(subdir))  # a miss on both ranks
+    store.put("aotautograd", "akey", variant(b"rank 1's"))  # rank 1 published first
+    artifacts.put("aotautograd", "akey", b'{"data": "cmFuayAwJ3M="}')  # rank 0's, byte-different
+    assert len(store.get_variants("aotautograd", "akey")) == 1
