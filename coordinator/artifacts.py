@@ -109,8 +109,10 @@ class Artifacts:
                 if kind not in CLAIMING_KINDS and self._published_meanwhile(kind, key):
                     return
                 blob = envelope.pack(value, files)
-                self._on_store_thread(self._store.put, kind, key, blob)  # type: ignore[attr-defined]
-                self._note_offered(kind, key, _digest(blob))
+                digest = self._on_store_thread(
+                    self._store.put, kind, key, blob  # type: ignore[attr-defined]
+                )
+                self._note_offered(kind, key, digest)
                 self._stats.published += 1
         except Exception as exc:  # noqa: BLE001
             if isinstance(exc.__cause__, PermissionError):  # a read-only store, not an outage
@@ -149,24 +151,32 @@ class Artifacts:
             # Older variants go to the local dir for the next lookup's guard evaluation.
             for other_digest, other in fresh[1:]:
                 self._materialize(kind, key, other_digest, other, subdir)
+        payload = self._open(kind, key, blob)
+        if payload is None:
+            return None
+        self._note_offered(kind, key, digest)
+        self._stats.loaded += 1
+        return payload
+
+    def _open(self, kind: str, key: str, blob: bytes) -> bytes | None:
+        """PyTorch's value inside one stored variant, with its kernel files put in place."""
         try:
             payload, files = envelope.unpack(blob)
         except envelope.EnvelopeError as exc:
             log.warning("ignoring foreign object under %s %s: %s", kind, key, exc)
             return None
         self._kernels.place(files)
-        self._note_offered(kind, key, digest)
-        self._stats.loaded += 1
         return payload
 
     def _materialize(self, kind: str, key: str, digest: str, blob: bytes, subdir: str) -> None:
+        payload = self._open(kind, key, blob)
+        if payload is None:
+            return
         try:
-            payload, files = envelope.unpack(blob)
             content = base64.b64decode(json.loads(payload)["data"])
-        except (envelope.EnvelopeError, ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable object under %s %s: %s", kind, key, exc)
             return
-        self._kernels.place(files)
         path = os.path.join(subdir, compat.local_entry_name(content))
         if not os.path.exists(path):
             write_file(path, content)

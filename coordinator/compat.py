@@ -1,7 +1,8 @@
 """Every private PyTorch name the coordinator touches, and every version difference, here.
 
-Both torch 2.11 (GPU machines) and 2.13 (CPU CI) are supported. `check()` fails loudly
-the day a release removes a hook, instead of the coordinator silently doing nothing.
+Both torch 2.11 (GPU machines) and 2.13 (CPU CI) are supported. A missing hook raises
+TorchHookMissing at install, and tests/coordinator/test_compat.py fails loudly the day a
+release removes one, instead of the coordinator silently doing nothing.
 """
 
 from __future__ import annotations
@@ -25,12 +26,8 @@ REMOTE_CACHE_CLASSES: dict[str, str] = {
 }
 
 
-def remote_cache_module() -> Any:
-    return importlib.import_module("torch._inductor.remote_cache")
-
-
 def remote_cache_class(kind: str) -> Any:
-    module = remote_cache_module()
+    module = importlib.import_module("torch._inductor.remote_cache")
     cls = getattr(module, REMOTE_CACHE_CLASSES[kind], None)
     if cls is None or not hasattr(cls, "backend_override_cls"):
         raise TorchHookMissing(
@@ -93,17 +90,24 @@ def triton_cache_root() -> str:
     return os.environ.get("TRITON_CACHE_DIR") or os.path.join(inductor_cache_dir(), "triton")
 
 
-def register_compile_end(callback: Callable[[Any], None]) -> Callable[[], None]:
-    """Dynamo's compile-end callbacks (they also fire for lazy backward compiles)."""
+def register_compile_callbacks(on_start: Callable[[Any], None],
+                               on_end: Callable[[Any], None]) -> Callable[[], None]:
+    """Dynamo's compile start and end callbacks (they also fire for lazy backward
+    compiles); returns the function that removes both."""
     from torch._dynamo.callback import callback_handler
 
-    callback_handler.register_end_callback(callback)
-    return lambda: callback_handler.remove_end_callback(callback)
+    callback_handler.register_start_callback(on_start)
+    callback_handler.register_end_callback(on_end)
+
+    def remove() -> None:
+        callback_handler.remove_start_callback(on_start)
+        callback_handler.remove_end_callback(on_end)
+
+    return remove
 
 
 def enable_caches() -> dict[tuple[str, str], Any]:
     """Switch on the local and remote caches we hook; returns the previous values."""
-    import torch._dynamo.config as dynamo_config
     import torch._functorch.config as functorch_config
     import torch._inductor.config as inductor_config
 
@@ -129,7 +133,6 @@ def enable_caches() -> dict[tuple[str, str], Any]:
             )
         previous[(module.__name__, name)] = getattr(module, name)
         setattr(module, name, value)
-    del dynamo_config  # imported so that the config module exists before compiles start
     return previous
 
 
@@ -160,14 +163,6 @@ def cpu_capability() -> str:
         return str(torch.backends.cpu.get_cpu_capability())
     except Exception:  # noqa: BLE001 - a missing probe only widens the fingerprint's doubt
         return "unknown"
-
-
-def register_compile_start(callback: Callable[[Any], None]) -> Callable[[], None]:
-    """Dynamo's compile-start callbacks: the first one waits for the snapshot."""
-    from torch._dynamo.callback import callback_handler
-
-    callback_handler.register_start_callback(callback)
-    return lambda: callback_handler.remove_start_callback(callback)
 
 
 def torch_version() -> str:

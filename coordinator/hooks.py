@@ -60,8 +60,8 @@ def install(artifacts: Artifacts, *, ddp_graph_split: bool = True) -> Callable[[
     if not ddp_graph_split:
         previous_configs.update(compat.disable_ddp_graph_split())
     undo.append(lambda: compat.restore_configs(previous_configs))
-    undo.append(compat.register_compile_start(lambda _args: artifacts.compile_started()))
-    undo.append(compat.register_compile_end(lambda _args: artifacts.compile_ended()))
+    undo.append(compat.register_compile_callbacks(
+        lambda _args: artifacts.compile_started(), lambda _args: artifacts.compile_ended()))
 
     def uninstall() -> None:
         for step in reversed(undo):

@@ -63,8 +63,7 @@ class Snapshots:
         if not self._publisher:
             return
         with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
+            self._cancel_timer()
             self._timer = threading.Timer(self._quiet_s, self.publish)
             self._timer.daemon = True
             self._timer.start()
@@ -74,9 +73,7 @@ class Snapshots:
         if not self._publisher:
             return
         with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._cancel_timer()
             count = self._compiled_count()
             if count <= self._published_at_count:
                 return
@@ -99,8 +96,13 @@ class Snapshots:
 
     def cancel(self) -> None:
         with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
+            self._cancel_timer()
+
+    def _cancel_timer(self) -> None:
+        """Under self._lock."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _prefetch(self) -> None:
         try:
