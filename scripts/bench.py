@@ -33,7 +33,6 @@ import math
 import os
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -176,16 +175,7 @@ def run_job(args: argparse.Namespace, name: str, work: Path, node: Path, target:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        try:
-            rc: int | None = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGTERM)  # its own session: the job and only the job
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            rc = None
+        rc = bench_coldwarm.wait_or_kill(proc, timeout, grace_s=20)
     wall = time.perf_counter() - t0
     outs = read_ranks(jobdir / "out", args.nproc)
     cpus = read_ranks(jobdir / "cpu", args.nproc)

@@ -46,6 +46,24 @@ _SCRUB = (
 )
 
 
+def wait_or_kill(proc: subprocess.Popen, timeout: float, grace_s: float) -> int | None:
+    """The job's exit status, or None when it ran past `timeout` and was ended.
+
+    The job has its own session: SIGTERM to it and its workers (and only those), then
+    SIGKILL after `grace_s`.
+    """
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        return None
+
+
 @dataclass
 class RunResult:
     """One torchrun job: what it measured, or why it measured nothing."""
@@ -215,17 +233,7 @@ def run_job(
         proc = subprocess.Popen(
             cmd, cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
         )
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            # The job has its own session: end it and its workers, and only those.
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            rc = None
+        rc = wait_or_kill(proc, timeout, grace_s=30)
     wall = time.perf_counter() - t0
 
     if rc != 0:

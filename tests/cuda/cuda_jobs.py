@@ -13,7 +13,6 @@ which Triton kernels were compiled and which came out of a loaded FX graph's bun
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import signal
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.multiprocess.jobs import node_env  # one node layout for CPU and GPU jobs
+from tests.multiprocess.jobs import node_env, read_ranks  # one node layout for CPU and GPU jobs
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -110,7 +109,8 @@ class Running:
             _kill_group(self.proc)
             rc = None
         return Job(self.name, rc, self.log, time.monotonic() - self.started,
-                   _read(self.out, "out"), _read(self.out, "stats"), _read(self.out, "counters"),
+                   read_ranks(self.out, "out", NPROC), read_ranks(self.out, "stats", NPROC),
+                   read_ranks(self.out, "counters", NPROC),
                    _read_probe(self.out / "probe"))
 
 
@@ -201,15 +201,6 @@ def _kill_group(proc: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
-
-
-def _read(out: Path, stem: str) -> list[dict]:
-    found = []
-    for rank in range(NPROC):
-        path = out / f"{stem}.rank{rank}.json"
-        if path.exists():
-            found.append(json.loads(path.read_text()))
-    return found
 
 
 def _read_probe(probe_dir: Path) -> dict[int, dict[str, list[str]]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -12,21 +11,14 @@ import pytest
 from storage import open_store
 from tests.faults import common
 from tests.faults.workers import KEYS, publish_variants
+from tests.storage.store_workers import run_together
 
 
 def test_four_processes_publish_variants_of_the_same_keys(store_url: str) -> None:
-    ctx = multiprocessing.get_context("spawn")
     n, rounds = 4, 3
-    barrier, out = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=publish_variants, args=(store_url, "fp-four", w, rounds,
-                                                        barrier, out)) for w in range(n)]
     t0 = time.monotonic()
-    for p in procs:
-        p.start()
-    results = [out.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
-        assert p.exitcode == 0
+    results = run_together(publish_variants,
+                           [(store_url, "fp-four", w, rounds) for w in range(n)], timeout_s=120)
     assert time.monotonic() - t0 < 120
     for writer, bad, stats in results:
         assert bad == [], (writer, bad)

@@ -80,8 +80,8 @@ def finish(proc: subprocess.Popen, out: Path, *, nproc: int = 2, timeout: float 
         proc.kill()
         output, _ = proc.communicate()
         raise AssertionError(f"job still running after {timeout} s:\n{output[-6000:]}") from None
-    return Job(proc.returncode, output, _read(out, "stats", nproc), _read(out, "out", nproc),
-               time.monotonic() - (started or time.monotonic()))
+    return Job(proc.returncode, output, read_ranks(out, "stats", nproc),
+               read_ranks(out, "out", nproc), time.monotonic() - (started or time.monotonic()))
 
 
 def run(script: Path, args: list[str], *, node: Path, store: str | None, out: Path,
@@ -91,7 +91,8 @@ def run(script: Path, args: list[str], *, node: Path, store: str | None, out: Pa
     return finish(proc, out, nproc=nproc, timeout=timeout, started=t0)
 
 
-def _read(out: Path, stem: str, nproc: int) -> list[dict]:
+def read_ranks(out: Path, stem: str, nproc: int) -> list[dict]:
+    """The per-rank JSON files `<out>/<stem>.rank<R>.json` that exist, by rank."""
     found = []
     for rank in range(nproc):
         path = out / f"{stem}.rank{rank}.json"

@@ -1,7 +1,6 @@
-import multiprocessing
 import threading
 
-from store_workers import put_variant
+from store_workers import put_variant, run_together
 
 from storage import open_store
 
@@ -33,18 +32,8 @@ def test_threads_publish_same_key(store_url):
 
 
 def test_processes_publish_same_key(store_url):
-    ctx = multiprocessing.get_context("spawn")
-    n = 3
-    barrier, out = ctx.Barrier(n), ctx.Queue()
     datas = [b"identical"] * 2 + [b"another"]
-    procs = [ctx.Process(target=put_variant, args=(store_url, FP, d, barrier, out))
-             for d in datas]
-    for p in procs:
-        p.start()
-    results = [out.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
-        assert p.exitcode == 0
+    results = run_together(put_variant, [(store_url, FP, d) for d in datas])
     for variants in results:  # every writer saw at least its own variant, whole
         assert set(variants) <= {b"identical", b"another"}
     final = open_store(store_url, fingerprint=FP)

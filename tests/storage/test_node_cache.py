@@ -1,8 +1,7 @@
-import multiprocessing
 import os
 import time
 
-from store_workers import read_through_node_cache
+from store_workers import read_through_node_cache, run_together
 
 from storage import open_store
 from storage.node_cache import NodeCache
@@ -14,17 +13,8 @@ def test_processes_on_one_node_download_once(store_url, tmp_path):
     payload = os.urandom(256 * 1024)
     open_store(store_url, fingerprint=FP).put("fx", "big", payload)
     cache_dir = str(tmp_path / "node-cache")
-    ctx = multiprocessing.get_context("spawn")
     n = 3
-    barrier, out = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=read_through_node_cache,
-                         args=(store_url, FP, cache_dir, barrier, out)) for _ in range(n)]
-    for p in procs:
-        p.start()
-    results = [out.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
-        assert p.exitcode == 0
+    results = run_together(read_through_node_cache, [(store_url, FP, cache_dir)] * n)
     assert all(variants == [payload] for variants, _ in results)
     assert sum(stats["fetches"] for _, stats in results) == 1
     assert sum(stats["node_cache_hits"] for _, stats in results) == n - 1
