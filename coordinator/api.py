@@ -76,20 +76,24 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         )
         stats = RankStats(rank=rank)
         kernels = KernelFiles()
+        entry_names: dict[str, str] = {}
         snapshots = None
         if store is not None and config.snapshot:
             snapshots = Snapshots(
                 store, config.tag or derive_tag(sys.argv[0] or "python"), kernels,
                 publisher=rank == 0, quiet_s=config.snapshot_quiet_s,
                 compiled_count=lambda: stats.published + stats.loaded + stats.materialized,
+                stats=stats, entry_names=entry_names,
             )
             snapshots.start_prefetch()
+        artifacts = Artifacts(store, flight, kernels, stats, snapshots,
+                              snapshot_wait_s=config.store_timeout_s * 2,
+                              store_deadline_s=config.store_timeout_s * 2,
+                              entry_names=entry_names)
+        artifacts.start_prefetch()
         from coordinator import hooks
 
-        undo = hooks.install(Artifacts(store, flight, kernels, stats, snapshots,
-                                       snapshot_wait_s=config.store_timeout_s * 2,
-                                       store_deadline_s=config.store_timeout_s * 2),
-                             ddp_graph_split=config.ddp_graph_split)
+        undo = hooks.install(artifacts, ddp_graph_split=config.ddp_graph_split)
         _active = _Installation(config, store, flight, stats, snapshots, undo)
         atexit.register(_at_exit)
         log.debug("installed: store %s, %s", config.cache_url,

@@ -7,9 +7,7 @@ log line.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
+import contextlib
 import logging
 import os
 import threading
@@ -41,11 +39,20 @@ STORE_RETRY_AFTER_S = 60.0
 
 
 class Artifacts:
-    """Looks up, waits for and publishes one process's compiled artifacts."""
+    """Looks up, waits for and publishes one process's compiled artifacts.
+
+    The store's index is listed once, in the background at start-up (`start_prefetch`), so
+    a warm lookup needs no store request: every variant of a key that this process has not
+    offered yet is put into PyTorch's local dir before each guard evaluation, unless the
+    snapshot already put the same entry there (`entry_names`, digest -> local file name).
+    A key is listed again only where a compile is about to happen: by a claimant, by a
+    waiter once the claimant is done, and once per process for keys that never claim.
+    """
 
     def __init__(self, store: object | None, flight: SingleFlight, kernels: KernelFiles,
                  stats: RankStats, snapshots: Snapshots | None = None,
-                 snapshot_wait_s: float = 60.0, store_deadline_s: float = 120.0) -> None:
+                 snapshot_wait_s: float = 60.0, store_deadline_s: float = 120.0,
+                 entry_names: dict[str, str] | None = None) -> None:
         self._store = store
         # Store calls run on their own thread. A store error's traceback (and fsspec keeps
         # exceptions in reference cycles) would otherwise pin the compile thread's frames
@@ -59,41 +66,67 @@ class Artifacts:
         self._flight = flight
         self._kernels = kernels
         self._stats = stats
+        self._listed: dict[tuple[str, str], list[str]] = {}  # stored digests, newest first
+        self._relisted: set[tuple[str, str]] = set()  # keys listed one by one
+        self._index_ready = threading.Event()
+        self._index_started = False
         self._offered: dict[tuple[str, str], set[str]] = {}  # digests handed to PyTorch
-        # PyTorch's local dir of each guarded key offer_local has seen (and fetched once).
-        self._subdirs: dict[tuple[str, str], str] = {}
+        self._subdirs: dict[tuple[str, str], str] = {}  # PyTorch's local dir of guarded keys
+        self._specialised: set[tuple[str, str]] = set()  # keys whose guards rejected a variant
+        self._waited: dict[tuple[str, str], float] = {}  # seconds of the last wait per key
+        # Digest -> the file name its entry has in PyTorch's local dir: what we published
+        # or placed, and what the snapshot placed (shared with Snapshots, which carries it).
+        self.entry_names: dict[str, str] = entry_names if entry_names is not None else {}
         self._lock = threading.Lock()
         self._store_down_until = 0.0
         self._writes_refused = False  # the store said no to a write: stop publishing, keep reading
+        if store is None:
+            self._index_ready.set()
+
+    def start_prefetch(self) -> None:
+        """List the store's index in the background (one recursive listing per process);
+        without this call, the first lookup lists it."""
+        with self._lock:
+            if self._index_started or self._store is None:
+                return
+            self._index_started = True
+        threading.Thread(target=self._list_index, name="pt2cc-index", daemon=True).start()
 
     # -- called by the hooks -------------------------------------------------------------
 
     def offer_local(self, kind: str, key: str, subdir: str) -> None:
-        """Put every stored variant of `key` where PyTorch's guard evaluation will see it."""
-        if (kind, key) in self._subdirs:
-            return
+        """Before each guard evaluation: every stored variant not offered yet goes to `subdir`."""
         self._subdirs[(kind, key)] = subdir
-        self._await_snapshot()
-        if os.path.isdir(subdir) and any(not n.startswith(".") for n in os.listdir(subdir)):
-            # Warm locally (or from the snapshot): no store traffic. Should no local entry's
-            # guards hold, PyTorch's remote lookup (`get`) still offers the store's variants.
-            return
-        for digest, blob in self._fetch(kind, key):
-            self._materialize(kind, key, digest, blob, subdir)
+        self._await_ready()
+        for digest in self._unseen(kind, key):
+            name = self.entry_names.get(digest)
+            if name is not None and os.path.exists(os.path.join(subdir, name)):
+                self._note_offered(kind, key, digest)  # the snapshot placed this very entry
+                continue
+            if (blob := self._get_object(kind, key, digest)) is not None:
+                self._materialize(kind, key, digest, blob, subdir)
 
     def get(self, kind: str, key: str) -> bytes | None:
         """PyTorch's remote lookup, reached when no local entry's guards held."""
         try:
-            self._await_snapshot()
-            if found := self._fresh_variant(kind, key):
-                return found
+            self._await_ready()
             if kind not in CLAIMING_KINDS or not self._flight.coordinated or self._store_down():
-                return None
+                return self._take_fresh(kind, key, relist=(kind, key) not in self._relisted)
             if self._flight.claim(kind, key):
                 self._stats.claimed += 1
+                # Another job may have published it since our index listing.
+                return self._take_fresh(kind, key, relist=True)
+            if (kind, key) in self._specialised and not self._flight.is_done(kind, key):
+                # Stored variants carry guards and none fit this rank: the claimant's, built
+                # for its own inputs, would most likely not fit either. Compile now.
+                log.debug("%s %s: variants are specialised and none fits; not waiting",
+                          kind, key)
+                self._stats.waits_skipped += 1
                 return None
+            start = time.monotonic()
             result = self._flight.wait(kind, key)
-            if result is WaitResult.DONE and (found := self._fresh_variant(kind, key)):
+            self._waited[(kind, key)] = time.monotonic() - start
+            if result is WaitResult.DONE and (found := self._take_fresh(kind, key, relist=True)):
                 self._stats.loaded_after_wait += 1
                 return found
             return None
@@ -101,18 +134,26 @@ class Artifacts:
             log.exception("lookup of %s %s failed; compiling locally", kind, key)
             return None
 
+    def note_specialised(self, kind: str, key: str) -> None:
+        """PyTorch's guards rejected a variant of `key` that has guards, on this rank."""
+        self._specialised.add((kind, key))
+
     def put(self, kind: str, key: str, value: bytes) -> None:
         """PyTorch publishing a fresh entry: store it, then let waiters in."""
+        if (waited := self._waited.pop((kind, key), None)) is not None:
+            self._stats.wasted_wait_s += waited  # waited, then compiled all the same
         try:
             files = self._kernels.take_new() if kind == "fxgraph" else {}
             if self._store is not None and not self._store_down() and not self._writes_refused:
-                if kind not in CLAIMING_KINDS and self._published_meanwhile(kind, key):
+                if kind not in CLAIMING_KINDS and self._published_meanwhile(kind, key, value):
                     return
                 blob = envelope.pack(value, files)
                 digest = self._on_store_thread(
                     self._store.put, kind, key, blob  # type: ignore[attr-defined]
                 )
                 self._note_offered(kind, key, digest)
+                if kind in GUARDED_KINDS:
+                    self._note_entry_name(digest, value)
                 self._stats.published += 1
         except Exception as exc:  # noqa: BLE001
             if isinstance(exc.__cause__, PermissionError):  # a read-only store, not an outage
@@ -128,7 +169,7 @@ class Artifacts:
     def compile_started(self) -> None:
         """Before anything of a compile runs (Inductor probes the CPU while it computes its
         first key), the snapshot's files must be in place."""
-        self._await_snapshot()
+        self._await_ready()
 
     def compile_ended(self) -> None:
         """A Dynamo compile (or lazy backward compile) ended: no claim outlives it."""
@@ -138,82 +179,153 @@ class Artifacts:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _fresh_variant(self, kind: str, key: str) -> bytes | None:
-        """The newest stored variant this process has not offered to PyTorch yet."""
+    def _unseen(self, kind: str, key: str) -> list[str]:
         with self._lock:
-            offered = set(self._offered.get((kind, key), ()))
-        fresh = [(d, b) for d, b in self._fetch(kind, key) if d not in offered]
-        if not fresh:
-            return None
-        digest, blob = fresh[0]
+            offered = self._offered.get((kind, key), set())
+            return [d for d in self._listed.get((kind, key), ()) if d not in offered]
+
+    def _take_fresh(self, kind: str, key: str, *, relist: bool) -> bytes | None:
+        """The newest stored variant not offered yet, for PyTorch's remote lookup; the
+        others go to the local dir for the next lookup's guard evaluation."""
+        if relist:
+            self._relist(kind, key)
         subdir = self._subdirs.get((kind, key))
-        if subdir is not None:
-            # Older variants go to the local dir for the next lookup's guard evaluation.
-            for other_digest, other in fresh[1:]:
-                self._materialize(kind, key, other_digest, other, subdir)
-        payload = self._open(kind, key, blob)
-        if payload is None:
-            return None
-        self._note_offered(kind, key, digest)
-        self._stats.loaded += 1
-        return payload
+        found: bytes | None = None
+        for digest in self._unseen(kind, key):
+            if (blob := self._get_object(kind, key, digest)) is None:
+                continue
+            if found is not None:
+                if subdir is None:
+                    break
+                self._materialize(kind, key, digest, blob, subdir)
+                continue
+            found = self._open(kind, key, blob)
+            if found is not None:
+                self._note_offered(kind, key, digest)
+                if kind in GUARDED_KINDS:
+                    self._note_entry_name(digest, found)
+                self._stats.loaded += 1
+        return found
 
     def _open(self, kind: str, key: str, blob: bytes) -> bytes | None:
         """PyTorch's value inside one stored variant, with its kernel files put in place."""
         try:
-            payload, files = envelope.unpack(blob)
+            contents = envelope.unpack(blob)
         except envelope.EnvelopeError as exc:
             log.warning("ignoring foreign object under %s %s: %s", kind, key, exc)
             return None
-        self._kernels.place(files)
-        return payload
+        with self._stats.phase("place_kernels"):
+            self._kernels.place(contents.files)
+        return contents.payload
 
     def _materialize(self, kind: str, key: str, digest: str, blob: bytes, subdir: str) -> None:
         payload = self._open(kind, key, blob)
         if payload is None:
             return
         try:
-            content = base64.b64decode(json.loads(payload)["data"])
-        except (ValueError, KeyError, TypeError) as exc:
+            content = compat.entry_content(payload)
+        except ValueError as exc:
             log.warning("ignoring unreadable object under %s %s: %s", kind, key, exc)
             return
-        path = os.path.join(subdir, compat.local_entry_name(content))
+        name = compat.local_entry_name(content)
+        path = os.path.join(subdir, name)
         if not os.path.exists(path):
             write_file(path, content)
             self._stats.materialized += 1
+        self.entry_names[digest] = name
         self._note_offered(kind, key, digest)
 
-    def _fetch(self, kind: str, key: str) -> list[tuple[str, bytes]]:
-        if self._store is None or self._store_down():
-            return []
+    def _note_entry_name(self, digest: str, value: bytes) -> None:
+        with contextlib.suppress(ValueError):
+            self.entry_names[digest] = compat.local_entry_name(compat.entry_content(value))
+
+    def _list_index(self) -> None:
         try:
-            variants = self._on_store_thread(
-                self._store.get_variants, kind, key  # type: ignore[attr-defined]
-            )
+            with self._stats.phase("index_listing"):
+                listed = self._on_store_thread(
+                    self._store.list_index  # type: ignore[union-attr]
+                )
+            with self._lock:
+                for k, digests in listed.items():
+                    self._listed.setdefault(k, digests)
+            log.debug("store index: %d keys", len(listed))
+        except Exception as exc:  # noqa: BLE001 - lookups list key by key instead
+            self._store_failed(exc, "listing the index")
+        finally:
+            self._index_ready.set()
+
+    def _relist(self, kind: str, key: str) -> None:
+        if self._store is None or self._store_down():
+            return
+        try:
+            with self._stats.phase("key_listing"):
+                digests = self._on_store_thread(
+                    self._store.list_variants, kind, key  # type: ignore[attr-defined]
+                )
         except Exception as exc:  # noqa: BLE001
             self._store_failed(exc, f"looking up {kind} {key}")
-            return []
-        return [(_digest(b), b) for b in variants]
+            return
+        with self._lock:
+            self._listed[(kind, key)] = digests
+            self._relisted.add((kind, key))
 
-    def _await_snapshot(self) -> None:
-        if self._snapshots is not None and not self._snapshots.ready.is_set():
-            self._snapshots.wait_ready(self._snapshot_wait_s)
+    def _get_object(self, kind: str, key: str, digest: str) -> bytes | None:
+        if self._store is None or self._store_down():
+            return None
+        try:
+            with self._stats.phase("object_fetch"):
+                return self._on_store_thread(
+                    self._store.get_object, digest  # type: ignore[attr-defined]
+                )
+        except Exception as exc:  # noqa: BLE001
+            self._store_failed(exc, f"fetching {kind} {key}")
+            return None
 
-    def _published_meanwhile(self, kind: str, key: str) -> bool:
-        """Another rank published this key after our lookup: its entry stands for ours.
+    def _await_ready(self) -> None:
+        """Never race the snapshot into the local caches, nor look up before the index."""
+        self.start_prefetch()
+        with self._stats.phase("ready_wait"):
+            if self._snapshots is not None and not self._snapshots.ready.is_set():
+                self._snapshots.wait_ready(self._snapshot_wait_s)
+            if not self._index_ready.wait(self._snapshot_wait_s):
+                log.warning("store index still listing after %.0f s; looking keys up one by one",
+                            self._snapshot_wait_s)
+                self._index_ready.set()
+
+    def _published_meanwhile(self, kind: str, key: str, value: bytes) -> bool:
+        """Another rank published this variant after our lookup: its entry stands for ours.
 
         Unclaimed kinds are built by every rank that misses at once; their pickles differ
         byte for byte, so without this each rank would add a duplicate variant. A variant
-        that was there at our lookup and failed our guards was offered to us, so it does
-        not count: ours is then a genuinely new variant.
+        that was there at our lookup was offered to us and failed our guards, so it does
+        not count. One published meanwhile counts only if its guards are ours: a rank
+        with other sizes may have published another guarded variant of the same key.
         """
-        with self._lock:
-            offered = set(self._offered.get((kind, key), ()))
-        return any(digest not in offered for digest, _ in self._fetch(kind, key))
+        self._relist(kind, key)
+        unseen = self._unseen(kind, key)
+        if not unseen or kind not in GUARDED_KINDS:
+            return bool(unseen)
+        try:
+            ours = compat.entry_guards(compat.entry_content(value))
+        except ValueError:
+            return False
+        for digest in unseen:
+            blob = self._get_object(kind, key, digest)
+            contents = self._open(kind, key, blob) if blob is not None else None
+            try:
+                if contents is not None and compat.entry_guards(
+                        compat.entry_content(contents)) == ours:
+                    return True
+            except ValueError:
+                continue
+        return False
 
     def _note_offered(self, kind: str, key: str, digest: str) -> None:
         with self._lock:
             self._offered.setdefault((kind, key), set()).add(digest)
+            listed = self._listed.setdefault((kind, key), [])
+            if digest not in listed:
+                listed.insert(0, digest)
 
     def _store_down(self) -> bool:
         return time.monotonic() < self._store_down_until
@@ -228,7 +340,3 @@ class Artifacts:
             log.warning("store failed while %s (%s); compiling locally, retrying the store "
                         "in %.0f s", what, exc, STORE_RETRY_AFTER_S)
         self._store_down_until = time.monotonic() + STORE_RETRY_AFTER_S
-
-
-def _digest(blob: bytes) -> str:
-    return hashlib.sha256(blob).hexdigest()

@@ -7,9 +7,14 @@ release removes one, instead of the coordinator silently doing nothing.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import hashlib
 import importlib
+import json
 import os
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +73,32 @@ def local_entry_name(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
+def entry_content(value: bytes) -> bytes:
+    """The pickled entry inside a guarded cache's remote value (JSON with base64 "data"),
+    as PyTorch writes it to its local dir. Raises ValueError for anything else."""
+    try:
+        return base64.b64decode(json.loads(value)["data"])
+    except (KeyError, TypeError, binascii.Error) as exc:
+        raise ValueError(f"not a guarded cache entry: {exc}") from None
+
+
+def has_guards(candidate: Any) -> bool:
+    """Whether a candidate of `iterate_over_candidates` ((entry, content, local) tuples)
+    is specialised by guards."""
+    entry = candidate[0] if isinstance(candidate, tuple) else candidate
+    return bool(getattr(entry, "guards_expr", None))
+
+
+def entry_guards(content: bytes) -> str | None:
+    """The guard expression of a pickled guarded cache entry; None if it has none or
+    cannot be read. Only for entries from our verified store, which PyTorch unpickles
+    on lookup anyway."""
+    try:
+        return getattr(pickle.loads(content), "guards_expr", None) or None
+    except Exception:  # noqa: BLE001 - an unreadable entry only misses a dedup
+        return None
+
+
 def inductor_cache_dir() -> str:
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
@@ -93,15 +124,34 @@ def triton_cache_root() -> str:
 def register_compile_callbacks(on_start: Callable[[Any], None],
                                on_end: Callable[[Any], None]) -> Callable[[], None]:
     """Dynamo's compile start and end callbacks (they also fire for lazy backward
-    compiles); returns the function that removes both."""
+    compiles); returns the function that removes both.
+
+    `torch._dynamo.reset()` clears every callback, and user code calls it between
+    compiles: ours are registered again right after each clear, or a claim would outlive
+    the compile that made it.
+    """
     from torch._dynamo.callback import callback_handler
 
-    callback_handler.register_start_callback(on_start)
-    callback_handler.register_end_callback(on_end)
+    clear = callback_handler.clear
+
+    def register() -> None:
+        callback_handler.register_start_callback(on_start)
+        callback_handler.register_end_callback(on_end)
+
+    def clear_then_register() -> None:
+        clear()
+        register()
+
+    register()
+    callback_handler.clear = clear_then_register
 
     def remove() -> None:
-        callback_handler.remove_start_callback(on_start)
-        callback_handler.remove_end_callback(on_end)
+        if callback_handler.__dict__.get("clear") is clear_then_register:
+            del callback_handler.clear
+        with contextlib.suppress(ValueError):
+            callback_handler.remove_start_callback(on_start)
+        with contextlib.suppress(ValueError):
+            callback_handler.remove_end_callback(on_end)
 
     return remove
 
@@ -163,6 +213,24 @@ def cpu_capability() -> str:
         return str(torch.backends.cpu.get_cpu_capability())
     except Exception:  # noqa: BLE001 - a missing probe only widens the fingerprint's doubt
         return "unknown"
+
+
+def cache_counters() -> dict[str, int]:
+    """PyTorch's own FX-graph and AOTAutograd cache counters for this process."""
+    from torch._dynamo.utils import counters
+
+    inductor, aot = counters["inductor"], counters["aot_autograd"]
+    return {
+        **{f"fxgraph_cache_{n}": inductor[f"fxgraph_cache_{n}"] for n in ("miss", "hit", "bypass")},
+        **{f"autograd_cache_{n}": aot[f"autograd_cache_{n}"] for n in ("miss", "hit", "bypass")},
+    }
+
+
+def compile_time_metrics() -> dict[str, float]:
+    """Seconds per phase that Dynamo's `dynamo_timed` recorded in this process (summed)."""
+    from torch._dynamo.utils import compilation_time_metrics
+
+    return {name: round(sum(times), 4) for name, times in sorted(compilation_time_metrics.items())}
 
 
 def torch_version() -> str:

@@ -2,14 +2,16 @@
 
 PyTorch's entry for an FX graph carries Triton binaries but not the C++ kernel libraries
 the CPU backend builds, so a graph loaded on a fresh node would rebuild every kernel. We
-carry those files next to the entry. Format: magic, a JSON header of lengths, the bytes.
-No pickle here: the header is data, and the payload is verified by the store before use.
+carry those files next to the entry, and `meta`, small plain data about them (a snapshot's
+manifest). Format: magic, a JSON header of lengths and meta, the bytes. No pickle here:
+the header is data, and the payload is verified by the store before use.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+from typing import Any, NamedTuple
 
 MAGIC = b"PT2CCE1\n"
 
@@ -18,15 +20,24 @@ class EnvelopeError(ValueError):
     """Bytes that are not an envelope of ours (a foreign or damaged object)."""
 
 
-def pack(payload: bytes, files: dict[str, bytes] | None = None) -> bytes:
+class Contents(NamedTuple):
+    payload: bytes
+    files: dict[str, bytes]
+    meta: dict[str, Any]
+
+
+def pack(payload: bytes, files: dict[str, bytes] | None = None,
+         meta: dict[str, Any] | None = None) -> bytes:
     files = files or {}
-    header = json.dumps(
-        {"payload": len(payload), "files": [[name, len(data)] for name, data in files.items()]}
-    ).encode()
+    fields: dict[str, Any] = {
+        "payload": len(payload), "files": [[name, len(data)] for name, data in files.items()]}
+    if meta:
+        fields["meta"] = meta
+    header = json.dumps(fields).encode()
     return b"".join([MAGIC, struct.pack(">I", len(header)), header, payload, *files.values()])
 
 
-def unpack(blob: bytes) -> tuple[bytes, dict[str, bytes]]:
+def unpack(blob: bytes) -> Contents:
     if not blob.startswith(MAGIC):
         raise EnvelopeError("not a pt2cc envelope")
     try:
@@ -40,8 +51,11 @@ def unpack(blob: bytes) -> tuple[bytes, dict[str, bytes]]:
         for name, size in header["files"]:
             files[name] = blob[pos : pos + size]
             pos += size
+        meta = header.get("meta", {})
+        if not isinstance(meta, dict):
+            raise TypeError("meta is not a mapping")
     except (struct.error, ValueError, KeyError, TypeError) as exc:
         raise EnvelopeError(f"damaged envelope: {exc}") from None
     if pos != len(blob) or len(payload) != header["payload"]:
         raise EnvelopeError("envelope length mismatch")
-    return payload, files
+    return Contents(payload, files, meta)

@@ -47,11 +47,16 @@ def install(artifacts: Artifacts, *, ddp_graph_split: bool = True) -> Callable[[
         cls: type, local: bool, remote_cache: Any, key: str
     ) -> Generator[Any, None, None]:
         kind = compat.guarded_kind(cls)
-        if local and remote_cache is not None and kind in GUARDED_KINDS:
-            artifacts.offer_local(
-                kind, compat.remote_key(remote_cache, key), cls._get_tmp_dir_for_key(key)
-            )
-        yield from original.__func__(cls, local, remote_cache, key)
+        if not (local and remote_cache is not None and kind in GUARDED_KINDS):
+            yield from original.__func__(cls, local, remote_cache, key)
+            return
+        remote = compat.remote_key(remote_cache, key)
+        artifacts.offer_local(kind, remote, cls._get_tmp_dir_for_key(key))
+        for candidate in original.__func__(cls, local, remote_cache, key):
+            yield candidate
+            # Asked for the next one: PyTorch's guards rejected this candidate.
+            if compat.has_guards(candidate):
+                artifacts.note_specialised(kind, remote)
 
     guarded.iterate_over_candidates = classmethod(iterate_over_candidates)
     undo.append(lambda: setattr(guarded, "iterate_over_candidates", original))

@@ -40,6 +40,10 @@ class KernelFiles:
         self._lock = threading.Lock()
         self._known = set(self._scan_libraries())
 
+    def dirs(self) -> tuple[str, str, str]:
+        """Where received files go: Inductor's cache, its headers, Triton's cache."""
+        return self._root, self._header_dir, self._triton_dir
+
     def take_new(self) -> dict[str, bytes]:
         """Libraries built since the last call, as {name: bytes}."""
         with self._lock:

@@ -113,6 +113,16 @@ class SingleFlight:
             log.debug("releasing unpublished claim on %s", name)
             self._mark_done(name)
 
+    def is_done(self, kind: str, key: str) -> bool:
+        """Whether the claimant of `key` is done already (one store operation, no wait)."""
+        if self._store is None:
+            return False
+        try:
+            return bool(self._store.check([f"done/{kind}/{key}"]))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("c10d store failed while checking %s %s (%s)", kind, key, exc)
+            return False
+
     def wait(self, kind: str, key: str) -> WaitResult:
         """Block until the claimant of `key` is done, dead, or the deadline passes."""
         assert self._store is not None

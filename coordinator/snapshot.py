@@ -10,6 +10,8 @@ after warm-up, and again at exit if anything was compiled since.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import threading
@@ -19,6 +21,7 @@ from typing import Any
 
 from coordinator import envelope
 from coordinator.kernels import KernelFiles
+from coordinator.stats import RankStats
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +38,11 @@ class Snapshots:
     """Prefetches this tag's snapshot in the background; publishes one after warm-up."""
 
     def __init__(self, store: Any, tag: str, kernels: KernelFiles, *, publisher: bool,
-                 quiet_s: float, compiled_count: Callable[[], int]) -> None:
+                 quiet_s: float, compiled_count: Callable[[], int], stats: RankStats,
+                 entry_names: dict[str, str]) -> None:
         self._store = store
+        self._stats = stats
+        self._entry_names = entry_names
         self._tag = tag
         self._kernels = kernels
         self._publisher = publisher
@@ -46,7 +52,6 @@ class Snapshots:
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
         self.ready = threading.Event()
-        self.loaded_bytes = 0
 
     def start_prefetch(self) -> None:
         threading.Thread(target=self._prefetch, name="pt2cc-prefetch", daemon=True).start()
@@ -84,7 +89,8 @@ class Snapshots:
             saved = torch.compiler.save_cache_artifacts()
             payload = saved[0] if saved is not None else b""
             # zlib level 1: the precompiled header (~150 MB) shrinks about 6x in ~1.5 s.
-            blob = zlib.compress(envelope.pack(payload, self._kernels.all_files()), 1)
+            manifest = {"entries": dict(self._entry_names)}
+            blob = zlib.compress(envelope.pack(payload, self._kernels.all_files(), manifest), 1)
             if len(blob) > MAX_SNAPSHOT_BYTES:
                 log.warning("snapshot %r would be %d bytes; not publishing it", self._tag,
                             len(blob))
@@ -106,20 +112,45 @@ class Snapshots:
 
     def _prefetch(self) -> None:
         try:
-            blob = self._store.get_snapshot(self._tag)
+            with self._stats.phase("snapshot_fetch"):
+                blob = self._store.get_snapshot(self._tag)
             if blob is None:
                 log.debug("no snapshot %r yet", self._tag)
                 return
-            payload, files = envelope.unpack(zlib.decompress(blob))
-            placed = self._kernels.place(files)
-            if payload:
-                import torch
-
-                torch.compiler.load_cache_artifacts(payload)
-            self.loaded_bytes = len(blob)
-            log.info("loaded snapshot %r: %d bytes, %d libraries placed", self._tag, len(blob),
-                     placed)
+            node = getattr(self._store, "node_cache", None)
+            if node is None:
+                self._entry_names.update(self._place(blob))
+                return
+            # One process per node unpacks it: the local caches it fills are the node's.
+            note = "snapshot-" + hashlib.sha256(
+                blob + repr(self._kernels.dirs()).encode()).hexdigest()
+            with node.lock(note):
+                done = node.note(note)
+                if done is not None:
+                    self._entry_names.update(json.loads(done))
+                    log.info("snapshot %r already placed on this node", self._tag)
+                    return
+                entries = self._place(blob)
+                node.leave_note(note, json.dumps(entries).encode())
+            self._entry_names.update(entries)
         except Exception as exc:  # noqa: BLE001 - without it, per-key lookups still work
             log.warning("loading snapshot %r failed (%s); per-key lookups go on", self._tag, exc)
         finally:
             self.ready.set()
+
+    def _place(self, blob: bytes) -> dict[str, str]:
+        """Unpack a snapshot into the local caches; returns its manifest's entry names."""
+        with self._stats.phase("snapshot_decompress"):
+            contents = envelope.unpack(zlib.decompress(blob))
+        with self._stats.phase("snapshot_place_files"):
+            placed = self._kernels.place(contents.files)
+        if contents.payload:
+            import torch
+
+            with self._stats.phase("snapshot_load_megacache"):
+                torch.compiler.load_cache_artifacts(contents.payload)
+        log.info("loaded snapshot %r: %d bytes, %d files placed", self._tag, len(blob), placed)
+        entries = contents.meta.get("entries", {})
+        if not isinstance(entries, dict):
+            return {}
+        return {d: n for d, n in entries.items() if isinstance(n, str) and "/" not in n}

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import threading
+import time
+from collections.abc import Iterator
+
+from coordinator import compat
 
 log = logging.getLogger(__name__)
 
@@ -16,22 +22,37 @@ class RankStats:
     claimed: int = 0  # misses this rank compiled while others could wait
     loaded: int = 0  # entries handed to PyTorch by a remote lookup
     loaded_after_wait: int = 0
+    waits_skipped: int = 0  # claims not waited on: this key's variants are specialised
+    wasted_wait_s: float = 0.0  # waits after which this rank compiled all the same
     materialized: int = 0  # variants written into PyTorch's local cache dirs
     published: int = 0
     store_errors: int = 0
+    # Seconds and calls per phase of our own work (index listing, object fetch, waiting for
+    # the prefetch, snapshot fetch/decompress/load, ...): where a warm start's time goes.
+    phases: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            with self._lock:
+                seconds_calls = self.phases.setdefault(name, [0.0, 0])
+                seconds_calls[0] += elapsed
+                seconds_calls[1] += 1
 
     def snapshot(self, *, flight: object | None = None, store: object | None = None) -> dict:
         """These counters plus PyTorch's own and the store's, as one flat dict."""
-        from torch._dynamo.utils import counters
-
-        out = dataclasses.asdict(self)
-        inductor, aot = counters["inductor"], counters["aot_autograd"]
-        out["fxgraph_cache_miss"] = inductor["fxgraph_cache_miss"]
-        out["fxgraph_cache_hit"] = inductor["fxgraph_cache_hit"]
-        out["fxgraph_cache_bypass"] = inductor["fxgraph_cache_bypass"]
-        out["autograd_cache_miss"] = aot["autograd_cache_miss"]
-        out["autograd_cache_hit"] = aot["autograd_cache_hit"]
-        out["autograd_cache_bypass"] = aot["autograd_cache_bypass"]
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if not f.name.startswith("_")}
+        with self._lock:
+            out["phases"] = {name: {"s": round(sc[0], 4), "calls": int(sc[1])}
+                             for name, sc in sorted(self.phases.items())}
+        out.update(compat.cache_counters())
+        out["torch_phases"] = compat.compile_time_metrics()
         out["waits"] = getattr(flight, "waits", 0)
         out["waited_s"] = round(getattr(flight, "waited_s", 0.0), 3)
         store_stats = getattr(store, "stats", None)

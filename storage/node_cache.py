@@ -27,6 +27,7 @@ class NodeCache:
         self.dir = Path(directory)
         self.max_bytes = max_bytes
         self._locks = self.dir / ".locks"
+        self._notes = self.dir / ".notes"  # outside eviction, like the locks
         self._locks.mkdir(parents=True, exist_ok=True)
 
     def _path(self, digest: str) -> Path:
@@ -55,7 +56,8 @@ class NodeCache:
 
     @contextlib.contextmanager
     def lock(self, digest: str) -> Iterator[None]:
-        """Hold the node-wide lock for `digest` while one process downloads it."""
+        """Hold the node-wide lock for `digest` (or a note's name) while one process
+        downloads it (or does the work the note records)."""
         try:
             f = open(self._locks / digest, "a")  # noqa: SIM115 - closed by the `with` below
         except OSError as e:  # a read-only or full node disk: download without the lock
@@ -68,6 +70,16 @@ class NodeCache:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    def note(self, name: str) -> bytes | None:
+        """A small note one process on this node left for the others (under `lock(name)`)."""
+        try:
+            return (self._notes / name).read_bytes()
+        except OSError:
+            return None
+
+    def leave_note(self, name: str, data: bytes) -> None:
+        write_file(self._notes / name, data)
 
     def _files(self) -> list[tuple[float, int, Path]]:
         found = []

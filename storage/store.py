@@ -13,8 +13,8 @@ import fsspec
 
 from storage import framing
 from storage.errors import IntegrityError, StoreConfigError, StoreUnavailable
-from storage.layout import Layout, is_digest, is_fingerprint
-from storage.listing import list_files
+from storage.layout import Layout, decode_segment, is_digest, is_fingerprint
+from storage.listing import find_files, list_files
 from storage.location import move, resolve, write_atomic
 from storage.node_cache import NodeCache
 from storage.retry import Retrier
@@ -98,6 +98,48 @@ class ArtifactStore:
         if payloads:
             self._count(hits=1)
         return payloads
+
+    def list_index(self) -> dict[tuple[str, str], list[str]]:
+        """Every (kind, key) of this fingerprint with its variants' digests, newest first.
+
+        One recursive listing (a paginated LIST on object stores) instead of one per key:
+        a job reads it once at start-up, so that its lookups need no store request.
+        """
+        base = self.layout.index_dir
+        try:
+            files = find_files(self.fs, base, self._retrier)
+        except StoreUnavailable:
+            self._count(errors=1)
+            raise
+        found: dict[tuple[str, str], list[tuple[float, str]]] = {}
+        for f in files:
+            parts = f.path[len(base):].strip("/").split("/")
+            if len(parts) == 3 and is_digest(parts[2]):
+                kind, key = decode_segment(parts[0]), decode_segment(parts[1])
+                found.setdefault((kind, key), []).append((-f.mtime, parts[2]))
+        return {k: [d for _, d in sorted(v)] for k, v in found.items()}
+
+    def list_variants(self, kind: str, key: str) -> list[str]:
+        """The digests of the variants stored under (kind, key), newest first."""
+        try:
+            files = list_files(self.fs, self.layout.variants_dir(kind, key), self._retrier)
+        except StoreUnavailable:
+            self._count(errors=1)
+            raise
+        files = [f for f in files if is_digest(f.name)]
+        return [f.name for f in sorted(files, key=lambda f: (-f.mtime, f.name))]
+
+    def get_object(self, digest: str) -> bytes | None:
+        """One object's verified payload; None if it is gone or failed verification."""
+        self._count(gets=1)
+        try:
+            payload = self._load(digest)
+        except StoreUnavailable:
+            self._count(errors=1)
+            raise
+        if payload is not None:
+            self._count(hits=1)
+        return payload
 
     def get_snapshot(self, tag: str) -> bytes | None:
         """The newest verified snapshot published under `tag`, or None."""

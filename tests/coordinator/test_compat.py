@@ -49,3 +49,21 @@ def test_remote_key_matches_what_the_backend_sees() -> None:
     cache._key_fmt = "pt2:fx-graph-v1::{key}:c1"
     assert compat.remote_key(cache, "fabc") == "pt2:fx-graph-v1::fabc:c1"
     assert compat.remote_key(object(), "fabc") == "fabc"
+
+
+def test_compile_callbacks_survive_dynamo_reset() -> None:
+    """User code calls torch._dynamo.reset() between compiles; it clears every callback."""
+    import torch
+    from torch._dynamo.callback import callback_handler
+
+    ended: list[object] = []
+    remove = compat.register_compile_callbacks(lambda _a: None, ended.append)
+    try:
+        torch._dynamo.reset()
+        assert ended.append in callback_handler.end_callbacks
+        torch.compile(lambda x: x + 1, backend="eager")(torch.ones(2))
+        assert ended, "the end callback did not fire after a reset"
+    finally:
+        remove()
+    assert ended.append not in callback_handler.end_callbacks
+    assert "clear" not in vars(callback_handler)

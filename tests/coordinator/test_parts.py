@@ -46,7 +46,10 @@ def test_sizes() -> None:
 
 def test_envelope_round_trip_and_damage() -> None:
     blob = envelope.pack(b'{"data": "x"}', {"ab/k.so": b"\x7fELF", "cd/q.so": b""})
-    assert envelope.unpack(blob) == (b'{"data": "x"}', {"ab/k.so": b"\x7fELF", "cd/q.so": b""})
+    assert envelope.unpack(blob) == (b'{"data": "x"}', {"ab/k.so": b"\x7fELF", "cd/q.so": b""},
+                                     {})
+    with_meta = envelope.pack(b"", {}, {"entries": {"d": "n"}})
+    assert envelope.unpack(with_meta).meta == {"entries": {"d": "n"}}
     with pytest.raises(envelope.EnvelopeError):
         envelope.unpack(b"not ours")
     with pytest.raises(envelope.EnvelopeError):

@@ -38,7 +38,7 @@ def _plant_object(marker: Path, signing_key: bytes | None) -> tuple[str, bytes]:
 
 
 def _payload_to_pickle(blob: bytes, digest: str) -> bytes:
-    payload, _ = envelope.unpack(framing.decode(blob, digest, None))
+    payload = envelope.unpack(framing.decode(blob, digest, None)).payload
     return base64.b64decode(json.loads(payload)["data"])
 
 

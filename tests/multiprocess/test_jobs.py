@@ -194,3 +194,52 @@ def test_claimant_killed_mid_compile_survivor_compiles(tmp_path: Path) -> None:
     results = [json.loads(p.read_text()) for p in tmp_path.glob("out.rank*.json")]
     assert len(results) == 1 and results[0]["y"] == pytest.approx(EXPECTED_Y)
     assert time.monotonic() - t0 < 180
+
+
+VARIANTS = Path(jobs.__file__).with_name("variants.py")
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Each rank needs its own guarded variants of one FX graph: cold, then fresh nodes."""
+    tmp = tmp_path_factory.mktemp("variants")
+    store = tmp / "store"
+    run = {"cold": [], "warm": [], "warm-no-snapshot": ["--no-snapshot"]}
+    out = {name: jobs.run(VARIANTS, [], node=tmp / f"node-{name}", store=str(store),
+                          out=tmp / name, launcher_args=flags).check()
+           for name, flags in run.items()}
+    out["new-sizes"] = jobs.run(VARIANTS, ["--grow", "3"], node=tmp / "node-cold",
+                                store=str(store), out=tmp / "new-sizes").check()
+    return {**out, "store": store}
+
+
+@pytest.mark.parametrize("phase", ["cold", "warm", "warm-no-snapshot", "new-sizes"])
+def test_no_rank_runs_a_variant_whose_guards_fail_for_it(variants: dict, phase: str) -> None:
+    for out in variants[phase].outs:
+        assert [r["ok"] for r in out["results"]] == [True, True], out
+
+
+def test_every_variant_is_stored_once(variants: dict) -> None:
+    fx = jobs.store_variants(variants["store"], "fxgraph")
+    aot = jobs.store_variants(variants["store"], "aotautograd")
+    assert len(fx) == len(aot) == 1, (fx, aot)  # one graph, one key of each kind
+    # 4 sizes cold + 4 new ones, each compiled once in its job, none stored twice.
+    assert list(fx.values()) == [8] and list(aot.values()) == [8]
+    assert variants["cold"].total("fxgraph_cache_miss") == 4
+
+
+@pytest.mark.parametrize("phase", ["warm", "warm-no-snapshot"])
+def test_fresh_node_loads_each_ranks_own_variants(variants: dict, phase: str) -> None:
+    """Rank 1's variants are neither in rank 0's snapshot nor the newest stored ones."""
+    for stats in variants[phase].stats:
+        assert stats["fxgraph_cache_miss"] == 0 and stats["autograd_cache_miss"] == 0, stats
+        assert stats["fxgraph_cache_hit"] == 2 and stats["published"] == 0, stats
+
+
+def test_a_rank_whose_sizes_need_another_variant_does_not_wait(variants: dict) -> None:
+    """The stored variants' guards failed for both ranks: the one that lost the claim
+    compiles its own variant at once instead of waiting for the claimant's."""
+    job = variants["new-sizes"]
+    assert job.total("fxgraph_cache_miss") == 4
+    assert job.total("waits_skipped") + job.total("loaded_after_wait") >= 1, job.stats
+    assert job.total("wasted_wait_s") < 1.0, job.stats

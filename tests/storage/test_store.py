@@ -44,6 +44,25 @@ def test_newest_first(tmp_path):
     assert store.get_variants("fx", "k") == [b"new", b"mid", b"old"]
 
 
+def test_index_listing_names_every_variant_of_every_key(store_url):
+    """One recursive listing serves a job's lookups; objects are then fetched by digest."""
+    store = open_store(store_url, fingerprint=FP)
+    other = open_store(store_url, fingerprint="fp-other")
+    assert store.list_index() == {}
+    a = [store.put("fxgraph", "pt2:fx::a/b:c1", v) for v in (b"a1", b"a2", b"a3")]
+    b = store.put("aotautograd", "k.b", b"b1")
+    other.put("fxgraph", "pt2:fx::a/b:c1", b"foreign")
+    store.put_snapshot("job", b"snap")
+    listed = store.list_index()
+    assert set(listed) == {("fxgraph", "pt2:fx::a/b:c1"), ("aotautograd", "k.b")}
+    assert sorted(listed[("fxgraph", "pt2:fx::a/b:c1")]) == sorted(a)
+    assert listed[("aotautograd", "k.b")] == [b]
+    assert sorted(store.list_variants("fxgraph", "pt2:fx::a/b:c1")) == sorted(a)
+    assert store.list_variants("fxgraph", "absent") == []
+    assert store.get_object(b) == b"b1"
+    assert store.get_object(digest_of(b"never stored")) is None
+
+
 def test_fingerprints_are_separate_namespaces(store_url):
     a = open_store(store_url, fingerprint="fp-a")
     b = open_store(store_url, fingerprint="fp-b")

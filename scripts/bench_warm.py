@@ -1,0 +1,134 @@
+"""Warm start from the store vs warm local caches, repeated, with a per-phase breakdown.
+
+Each repeat runs, on fresh work dirs: `none` then `warm-local` (PyTorch alone, rerun on
+its own warm caches: the floor), and ours cold then warm on a fresh node, on file:// and
+on s3:// (moto's server on loopback); the rows are scripts/bench.py's. A repeat's ratio
+is its warm row over its own warm-local row; the report gives each repeat's ratio and
+their mean, and where a warm job's time went: the coordinator's own phases (index
+listing, snapshot fetch/decompress/placing/Mega-Cache load, object fetches, waiting for
+the prefetch) and PyTorch's (`dynamo_timed` phases, summed per rank), each averaged over
+ranks and repeats. Writes docs/results/warm-<machine>.json and .md.
+
+    .venv/bin/python scripts/bench_warm.py [--repeat 3] [--no-s3] [--train-args "..."]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import bench  # scripts/bench.py: rows, servers, machine names
+import bench_coldwarm
+
+# PyTorch phases worth a column: where a warm start spends its time.
+TORCH_PHASES = ("_compile.compile_inner", "OutputGraph.call_user_compiler",
+                "create_aot_dispatcher_function", "compile_fx_inner", "async_compile.wait")
+TARGETS = {"file": 1.10, "s3": 1.15}
+
+
+def phases_of(row: dict) -> dict[str, float]:
+    """Seconds per phase, mean over the row's ranks."""
+    stats = row.get("coordinator_stats") or []
+    total: dict[str, float] = {}
+    for s in stats:
+        for name, v in s.get("phases", {}).items():
+            total[f"pt2cc:{name}"] = total.get(f"pt2cc:{name}", 0.0) + v["s"]
+        for name, v in s.get("torch_phases", {}).items():
+            if name in TORCH_PHASES:
+                total[f"torch:{name}"] = total.get(f"torch:{name}", 0.0) + v
+    return {k: v / len(stats) for k, v in total.items()} if stats else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--no-s3", dest="s3", action="store_false")
+    p.add_argument("--machine", default=None)
+    p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--train-args", default="")
+    p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument("--out-dir", default=str(bench.RESULTS))
+    args = p.parse_args(argv)
+    stores = ["file", "s3"] if args.s3 else ["file"]
+    args.rows = ",".join(["none", "warm-local"] + [f"ours-{p}-{s}" for s in stores
+                                                   for p in ("cold", "warm")])
+    info = bench_coldwarm.machine_info()
+    name = args.machine or bench.machine_name(info)
+    repeats = []
+    for rep in range(args.repeat):
+        work = Path(tempfile.mkdtemp(prefix=f"bench-warm-{rep}-"))
+        servers = bench.Servers(work)
+        try:
+            rows = bench.run_rows(args, work, servers)
+        finally:
+            servers.stop()
+        floor = rows["warm-local"].get("time_to_step1_s")
+        rep_out = {"warm_local_s": floor, "none_s": rows["none"].get("time_to_step1_s")}
+        for s in stores:
+            warm, cold = rows[f"ours-warm-{s}"], rows[f"ours-cold-{s}"]
+            t = warm.get("time_to_step1_s")
+            rep_out[s] = {"warm_s": t, "cold_s": cold.get("time_to_step1_s"),
+                          "ratio": round(t / floor, 3) if t and floor else None,
+                          "phases": phases_of(warm)}
+        rep_out["warm_local_phases"] = phases_of(rows["warm-local"])
+        repeats.append(rep_out)
+        print(json.dumps({k: v for k, v in rep_out.items() if "phases" not in k}), flush=True)
+        shutil.rmtree(work, ignore_errors=True)
+    report = {"benchmark": "scripts/bench_warm.py", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "machine_name": name, "machine": info, "nproc": args.nproc,
+              "train_args": args.train_args, "repeats": repeats}
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"warm-{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    md = render(report, stores)
+    (out / f"warm-{name}.md").write_text(md)
+    print("\n" + md)
+    return 0
+
+
+def render(report: dict, stores: list[str]) -> str:
+    reps = report["repeats"]
+    m = report["machine"]
+    lines = [f"# Warm start vs warm local caches: {report['machine_name']}", "",
+             f"{report['time']}; torch {m.get('torch')}, {report['nproc']} ranks, "
+             f"examples/train.py `{report['train_args']}`; time until every rank finished "
+             "step 1, each repeat beside its own warm-local row.", "",
+             "| repeat | warm-local (s) | " + " | ".join(
+                 f"ours warm {s} (s) | ratio {s}" for s in stores) + " |",
+             "|---:|---:|" + "---:|---:|" * len(stores)]
+    for i, r in enumerate(reps):
+        cells = [f"{r[s]['warm_s']:.2f} | {r[s]['ratio']:.3f}" if r[s]["ratio"] else "— | —"
+                 for s in stores]
+        floor = f"{r['warm_local_s']:.2f}" if r["warm_local_s"] else "—"
+        lines.append(f"| {i + 1} | {floor} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for s in stores:
+        ratios = [r[s]["ratio"] for r in reps if r[s]["ratio"]]
+        if ratios:
+            mean = statistics.mean(ratios)
+            verdict = "met" if mean <= TARGETS[s] else "NOT met"
+            lines.append(f"- {s}: mean ratio {mean:.3f} over {len(ratios)} repeats "
+                         f"(target <= {TARGETS[s]:.2f}: {verdict})")
+    lines += ["", "Where a warm job's time goes (seconds, mean over ranks and repeats; "
+              "`pt2cc:` phases run in a background thread except `ready_wait`, the time the "
+              "compile thread waited for them):", ""]
+    names = sorted({k for r in reps for s in stores for k in r[s]["phases"]}
+                   | {k for r in reps for k in r["warm_local_phases"]})
+    lines.append("| phase | warm-local | " + " | ".join(f"ours {s}" for s in stores) + " |")
+    lines.append("|---|---:|" + "---:|" * len(stores))
+    for n in names:
+        cells = [statistics.mean(r[s]["phases"].get(n, 0.0) for r in reps) for s in stores]
+        local = statistics.mean(r["warm_local_phases"].get(n, 0.0) for r in reps)
+        lines.append(f"| {n} | {local:.3f} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
