@@ -68,13 +68,15 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
             raise ConfigError("pass either a Config or cache/settings, not both")
         rank_log.setup(config.log_level)
         rank = rank_log.rank()
-        store = _open_store(config)
-        flight = SingleFlight(
-            connect_job_store(config.store_timeout_s) if store is not None else None,
-            rank, wait_timeout_s=config.wait_timeout_s, stale_after_s=config.stale_after_s,
-            heartbeat_s=config.heartbeat_s,
-        )
         stats = RankStats(rank=rank)
+        with stats.phase("store_open"):
+            store = _open_store(config)
+        with stats.phase("job_store_connect"):
+            job_store = connect_job_store(config.store_timeout_s) if store is not None else None
+        flight = SingleFlight(
+            job_store, rank, wait_timeout_s=config.wait_timeout_s,
+            stale_after_s=config.stale_after_s, heartbeat_s=config.heartbeat_s,
+        )
         kernels = KernelFiles()
         entry_names: dict[str, str] = {}
         snapshots = None

@@ -1,10 +1,14 @@
-"""The CPU backend's compiled C++ libraries, carried with the FX graph that uses them.
+"""Compiled kernels that PyTorch's FX entries leave out, carried with the graph that uses them.
 
 Inductor's C++ code cache skips the build when `<cache_dir>/<xx>/<hash>.so` exists, and
 the hash covers the source and the compile command, not the machine: a library built on
-one node is found by path on another. Within one process FX graphs compile one after
-another, so the libraries that appeared since the previous publish belong to this graph
-(on a node shared by several ranks a few foreign ones may ride along: harmless bytes).
+one node is found by path on another. Triton's cache works the same way, and PyTorch's
+FX entries leave some Triton kernels out (user Triton kernels, some reductions), so the
+files new in Triton's cache travel too. Within one process FX graphs compile one after
+another, so the files that appeared since the previous publish belong to this graph
+(on a node shared by several ranks a few foreign ones may ride along: harmless bytes;
+a kernel first compiled when the graph first runs rides with the next graph, and with
+the snapshot).
 
 Snapshots also carry the precompiled header Inductor builds before *every* C++ load,
 even when the library exists: on a fresh node that build alone costs seconds. It lives
@@ -15,6 +19,7 @@ FX entries (user Triton kernels, some reductions), which a fresh node would rebu
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -38,16 +43,16 @@ class KernelFiles:
         self._header_dir = header_dir or compat.precompiled_header_dir()
         self._triton_dir = triton_dir or compat.triton_cache_root()
         self._lock = threading.Lock()
-        self._known = set(self._scan_libraries())
+        self._known = set(self._scan_carried())
 
     def dirs(self) -> tuple[str, str, str]:
         """Where received files go: Inductor's cache, its headers, Triton's cache."""
         return self._root, self._header_dir, self._triton_dir
 
     def take_new(self) -> dict[str, bytes]:
-        """Libraries built since the last call, as {name: bytes}."""
+        """Libraries and Triton kernels built since the last call, as {name: bytes}."""
         with self._lock:
-            current = set(self._scan_libraries())
+            current = set(self._scan_carried())
             new, self._known = current - self._known, self._known | current
         return self._read(new)
 
@@ -62,10 +67,12 @@ class KernelFiles:
             path = self._path(name)
             if path is None or os.path.exists(path):
                 continue
+            if name.startswith(TRITON_PREFIX) and os.path.basename(path).startswith("__grp__"):
+                data = _rebase_group(data, os.path.dirname(path))
             write_file(path, data)
             placed += 1
         with self._lock:
-            self._known |= {n for n in files if "/" in n and len(n.split("/")[0]) == 2}
+            self._known |= {n for n in files if not n.startswith(PCH_PREFIX)}
         return placed
 
     def _path(self, name: str) -> str | None:
@@ -92,6 +99,9 @@ class KernelFiles:
                 log.debug("%s vanished before publishing: %s", name, exc)
         return files
 
+    def _scan_carried(self) -> list[str]:
+        return [*self._scan_libraries(), *self._scan_triton()]
+
     def _scan_libraries(self) -> list[str]:
         suffixes = compat.cpp_kernel_suffixes()
         out = []
@@ -105,14 +115,27 @@ class KernelFiles:
         return [PCH_PREFIX + n for n in _listdir(self._header_dir)
                 if n.endswith((".h", ".gch"))]
 
-
     def _scan_triton(self) -> list[str]:
         out = []
         for top, _dirs, names in os.walk(self._triton_dir):
             rel = os.path.relpath(top, self._triton_dir)
             prefix = TRITON_PREFIX if rel == "." else f"{TRITON_PREFIX}{rel}/"
-            out.extend(prefix + n for n in names if not n.endswith(".tmp"))
+            if not rel.startswith("tmp"):  # Triton writes into tmp.* dirs, then renames
+                out.extend(prefix + n for n in names if not n.endswith(".tmp"))
         return out
+
+
+def _rebase_group(data: bytes, directory: str) -> bytes:
+    """Triton's group files name their members by absolute path: point them at `directory`,
+    where the members are placed (another node's Triton cache may live elsewhere)."""
+    try:
+        group = json.loads(data)
+        children = group["child_paths"]
+        group["child_paths"] = {c: os.path.join(directory, os.path.basename(p))
+                                for c, p in children.items()}
+        return json.dumps(group).encode()
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return data
 
 
 def _listdir(path: str) -> list[str]:

@@ -28,6 +28,26 @@ log = logging.getLogger(__name__)
 MAX_SNAPSHOT_BYTES = 2 * 2**30
 
 
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def compress(data: bytes) -> bytes:
+    """zstd level 3: the precompiled header (~150 MB) shrinks 7x in ~0.4 s and a fresh node
+    unpacks it in ~0.2 s (zlib level 1: 6x, 1 s and 0.6 s, on the CPU machine)."""
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=3).compress(data)
+
+
+def decompress(blob: bytes) -> bytes:
+    """zstd, or zlib for snapshots published by earlier releases."""
+    if blob.startswith(ZSTD_MAGIC):
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompress(blob)
+    return zlib.decompress(blob)
+
+
 def derive_tag(target: str) -> str:
     """A tag from the script or module name: jobs of one script share a snapshot."""
     base = os.path.basename(target.rstrip("/"))
@@ -88,9 +108,8 @@ class Snapshots:
 
             saved = torch.compiler.save_cache_artifacts()
             payload = saved[0] if saved is not None else b""
-            # zlib level 1: the precompiled header (~150 MB) shrinks about 6x in ~1.5 s.
             manifest = {"entries": dict(self._entry_names)}
-            blob = zlib.compress(envelope.pack(payload, self._kernels.all_files(), manifest), 1)
+            blob = compress(envelope.pack(payload, self._kernels.all_files(), manifest))
             if len(blob) > MAX_SNAPSHOT_BYTES:
                 log.warning("snapshot %r would be %d bytes; not publishing it", self._tag,
                             len(blob))
@@ -141,7 +160,7 @@ class Snapshots:
     def _place(self, blob: bytes) -> dict[str, str]:
         """Unpack a snapshot into the local caches; returns its manifest's entry names."""
         with self._stats.phase("snapshot_decompress"):
-            contents = envelope.unpack(zlib.decompress(blob))
+            contents = envelope.unpack(decompress(blob))
         with self._stats.phase("snapshot_place_files"):
             placed = self._kernels.place(contents.files)
         if contents.payload:

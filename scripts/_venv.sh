@@ -9,7 +9,7 @@ else
   if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/pip install -q torch==2.13.0
   fi
-  if ! .venv/bin/python -c "import coordinator, storage, moto, s3fs, pytest_timeout" 2>/dev/null; then
+  if ! .venv/bin/python -c "import coordinator, storage, moto, s3fs, pytest_timeout, zstandard" 2>/dev/null; then
     .venv/bin/pip install -q -e ".[test]"
   fi
   export PATH="$PWD/.venv/bin:$PATH"

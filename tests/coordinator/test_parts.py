@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -78,3 +79,32 @@ def test_kernel_files_take_new_and_place(tmp_path: Path) -> None:
                                     "triton/0/HASH/k.cubin": b"cubin"}
     assert not any(p.name.endswith(".so") for p in tmp_path.iterdir())
     assert sorted(os.listdir(dst)) == ["xy"]
+
+
+def test_triton_kernels_travel_with_the_graph_and_their_groups_point_home(tmp_path: Path) -> None:
+    """Triton names a group's members by absolute path; another node's cache is elsewhere."""
+    tr_a, tr_b = tmp_path / "tr-a", tmp_path / "tr-b"
+    kernels = KernelFiles(str(tmp_path / "a"), str(tmp_path / "pch-a"), str(tr_a))
+    (tr_a / "HASH").mkdir(parents=True)
+    (tr_a / "HASH" / "k.cubin").write_bytes(b"cubin")
+    group = {"child_paths": {"k.cubin": str(tr_a / "HASH" / "k.cubin")}}
+    (tr_a / "HASH" / "__grp__k.json").write_text(json.dumps(group))
+    (tr_a / "tmp.pid_1_2").mkdir()
+    (tr_a / "tmp.pid_1_2" / "half.cubin").write_bytes(b"half-written")
+    files = kernels.take_new()
+    assert sorted(files) == ["triton/HASH/__grp__k.json", "triton/HASH/k.cubin"]
+    receiver = KernelFiles(str(tmp_path / "b"), str(tmp_path / "pch-b"), str(tr_b))
+    assert receiver.place(files) == 2
+    placed = json.loads((tr_b / "HASH" / "__grp__k.json").read_text())
+    assert placed == {"child_paths": {"k.cubin": str(tr_b / "HASH" / "k.cubin")}}
+    assert (tr_b / "HASH" / "k.cubin").read_bytes() == b"cubin"
+
+
+def test_snapshot_compression_reads_earlier_zlib_snapshots() -> None:
+    import zlib
+
+    from coordinator.snapshot import compress, decompress
+
+    data = b"precompiled header " * 1000
+    assert compress(data).startswith(b"\x28\xb5\x2f\xfd") and decompress(compress(data)) == data
+    assert decompress(zlib.compress(data, 1)) == data
