@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-args", default="")
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--out-dir", default=str(bench.RESULTS))
+    p.add_argument("--label", default="", help="added to the file names (e.g. ddp, fsdp2)")
     args = p.parse_args(argv)
     stores = ["file", "s3"] if args.s3 else ["file"]
     args.rows = ",".join(["none", "warm-local"] + [f"ours-{p}-{s}" for s in stores
@@ -92,16 +93,24 @@ def main(argv: list[str] | None = None) -> int:
         repeats.append(rep_out)
         print(json.dumps({k: v for k, v in rep_out.items() if "phases" not in k}), flush=True)
         shutil.rmtree(work, ignore_errors=True)
+        md = write_report(args, name, info, repeats, stores)  # after each repeat: a run cut
+        # short by a time limit still leaves what it measured
+    print("\n" + md)
+    return 0
+
+
+def write_report(args: argparse.Namespace, name: str, info: dict, repeats: list[dict],
+                 stores: list[str]) -> str:
     report = {"benchmark": "scripts/bench_warm.py", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "machine_name": name, "machine": info, "nproc": args.nproc,
               "train_args": args.train_args, "repeats": repeats}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"warm-{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    stem = f"warm-{name}" + ("-" + args.label if args.label else "")
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     md = render(report, stores)
-    (out / f"warm-{name}.md").write_text(md)
-    print("\n" + md)
-    return 0
+    (out / f"{stem}.md").write_text(md)
+    return md
 
 
 def render(report: dict, stores: list[str]) -> str:

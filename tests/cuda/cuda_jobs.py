@@ -22,8 +22,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import pytest
-
 from tests.multiprocess.jobs import node_env, read_ranks  # one node layout for CPU and GPU jobs
 
 HERE = Path(__file__).resolve().parent
@@ -244,15 +242,11 @@ def kernel_names(kernels: list[str]) -> list[str]:
 
 
 def expect_no_kernel_beyond_pytorch(job: Job, baseline: Job) -> None:
-    """No Triton kernel compiled on a fresh node; one that PyTorch alone recompiles warm from
-    its own FX cache (`baseline`: its FX entries do not carry it) is PyTorch's doing: xfail,
-    naming it."""
-    extra = {r: set(job.compiled_kernels(r)) for r in range(2)}
-    if not any(extra.values()):
-        return
-    names = {r: kernel_names(list(extra[r])) for r in range(2)}
-    if all(extra[r] <= set(baseline.compiled_kernels(r)) for r in range(2)):
-        pytest.xfail(f"Triton kernels compiled on a fresh node, as PyTorch alone does warm "
-                     f"from its FX cache (not carried in its FX entries): {names}")
-    raise AssertionError(f"Triton kernels compiled on a fresh node that PyTorch's own FX "
-                         f"cache does not recompile: {names}")
+    """The Triton kernels compiled on a fresh node are at most those PyTorch alone compiles
+    warm from its own FX cache (`baseline`): a kernel it leaves out of its FX entries and
+    compiles when the graph first runs (a loss reduction, user Triton kernels)."""
+    for rank in range(2):
+        ours, pytorch = set(job.compiled_kernels(rank)), set(baseline.compiled_kernels(rank))
+        assert ours <= pytorch, (
+            f"rank {rank}: Triton kernels compiled on a fresh node that PyTorch's own FX cache "
+            f"does not recompile: {kernel_names(sorted(ours - pytorch))}")
