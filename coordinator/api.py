@@ -20,6 +20,8 @@ from coordinator.kernels import KernelFiles
 from coordinator.single_flight import SingleFlight, connect_job_store
 from coordinator.snapshot import Snapshots, derive_tag
 from coordinator.stats import RankStats
+from storage import ArtifactStore
+from storage.fail_open import FailOpenStore
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ _active: _Installation | None = None
 
 
 class _Installation:
-    def __init__(self, config: Config, store: Any | None, flight: SingleFlight,
+    def __init__(self, config: Config, store: FailOpenStore | None, flight: SingleFlight,
                  stats: RankStats, snapshots: Snapshots | None,
                  undo: Callable[[], None]) -> None:
         self.config, self.store, self.flight, self.stats, self.snapshots, self._undo = (
@@ -37,7 +39,7 @@ class _Installation:
     def report(self) -> dict:
         if self.snapshots is not None:
             self.snapshots.publish()
-        snap = self.stats.snapshot(flight=self.flight, store=self.store)
+        snap = self.stats.as_dict(flight=self.flight, store=self.store)
         log.info("%s", RankStats.summary_line(snap))
         if self.config.stats_file:
             RankStats.write(self.config.stats_file, snap)
@@ -70,7 +72,10 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         rank = rank_log.rank()
         stats = RankStats(rank=rank)
         with stats.phase("store_open"):
-            store = _open_store(config)
+            opened = _open_store(config)
+        store = None
+        if opened is not None:
+            store = FailOpenStore(opened, deadline_s=config.store_timeout_s * 2)
         with stats.phase("job_store_connect"):
             job_store = connect_job_store(config.store_timeout_s) if store is not None else None
         flight = SingleFlight(
@@ -86,12 +91,11 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
                 publisher=rank == 0, quiet_s=config.snapshot_quiet_s,
                 compiled_count=lambda: stats.published + stats.loaded + stats.materialized,
                 stats=stats, entry_names=entry_names,
+                node=opened.node_cache if opened is not None else None,
             )
             snapshots.start_prefetch()
         artifacts = Artifacts(store, flight, kernels, stats, snapshots,
-                              snapshot_wait_s=config.store_timeout_s * 2,
-                              store_deadline_s=config.store_timeout_s * 2,
-                              entry_names=entry_names)
+                              ready_wait_s=config.store_timeout_s * 2, entry_names=entry_names)
         artifacts.start_prefetch()
         from coordinator import hooks
 
@@ -118,11 +122,11 @@ def uninstall() -> dict | None:
 def _at_exit() -> None:
     try:
         uninstall()
-    except Exception:  # noqa: BLE001 - never turn a finished job into a failed exit
+    except Exception:
         log.exception("writing the coordinator's summary failed")
 
 
-def _others_can_write(store: Any) -> bool:
+def _others_can_write(store: ArtifactStore) -> bool:
     """A bucket may be shared by anyone with credentials; a directory says so in its mode."""
     from storage.location import is_local
 
@@ -134,7 +138,7 @@ def _others_can_write(store: Any) -> bool:
         return False
 
 
-def _open_store(config: Config) -> Any | None:
+def _open_store(config: Config) -> ArtifactStore | None:
     from storage import StoreUnavailable, open_store
 
     fields = fingerprint.describe()
@@ -154,5 +158,4 @@ def _open_store(config: Config) -> Any | None:
                     "pickles, code that every rank runs. Set PT2CC_SIGNING_KEY or "
                     "PT2CC_SIGNING_KEY_FILE to refuse objects not written with your key",
                     config.cache_url)
-    os.environ.setdefault("PT2CC_FINGERPRINT", fp)
     return store

@@ -1,8 +1,8 @@
 """The policy behind PyTorch's cache lookups: store first, then single-flight, then compile.
 
-`hooks.py` forwards PyTorch's calls here and holds no policy of its own. Nothing in this
-module raises into a compile: a failing store or peer turns into a local compile and one
-log line.
+`hooks.py` forwards PyTorch's calls here and holds no policy of its own; the store it is
+given fails open (storage/fail_open.py): an outage is a miss. Nothing in this module
+raises into a compile: a bug here is logged with its traceback and costs a local compile.
 """
 
 from __future__ import annotations
@@ -12,19 +12,16 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 
 from coordinator import compat, envelope
 from coordinator.kernels import KernelFiles
 from coordinator.single_flight import SingleFlight, WaitResult
 from coordinator.snapshot import Snapshots
 from coordinator.stats import RankStats
+from storage.api import Store
 from storage.atomic import write_file
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # Kinds whose miss is worth one rank compiling while the others wait: an FX graph is where
 # Inductor spends the compile. AOTAutograd entries are looked up *before* AOTAutograd
@@ -34,8 +31,6 @@ T = TypeVar("T")
 CLAIMING_KINDS = frozenset({"fxgraph"})
 # Kinds whose local entries PyTorch evaluates guards on (GuardedCache subclasses).
 GUARDED_KINDS = frozenset({"fxgraph", "aotautograd"})
-
-STORE_RETRY_AFTER_S = 60.0
 
 
 class Artifacts:
@@ -49,20 +44,12 @@ class Artifacts:
     waiter once the claimant is done, and once per process for keys that never claim.
     """
 
-    def __init__(self, store: object | None, flight: SingleFlight, kernels: KernelFiles,
+    def __init__(self, store: Store | None, flight: SingleFlight, kernels: KernelFiles,
                  stats: RankStats, snapshots: Snapshots | None = None,
-                 snapshot_wait_s: float = 60.0, store_deadline_s: float = 120.0,
-                 entry_names: dict[str, str] | None = None) -> None:
+                 ready_wait_s: float = 60.0, entry_names: dict[str, str] | None = None) -> None:
         self._store = store
-        # Store calls run on their own thread. A store error's traceback (and fsspec keeps
-        # exceptions in reference cycles) would otherwise pin the compile thread's frames
-        # until the garbage collector runs, and PyTorch resets DDPOptimizer's
-        # `fakify_first_call` in a `__del__` of such a frame: a late reset broke the next
-        # bucket's compile ("Cannot access data pointer of Tensor") on s3://.
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pt2cc-store")
-        self._store_deadline_s = store_deadline_s
         self._snapshots = snapshots
-        self._snapshot_wait_s = snapshot_wait_s
+        self._ready_wait_s = ready_wait_s
         self._flight = flight
         self._kernels = kernels
         self._stats = stats
@@ -78,8 +65,6 @@ class Artifacts:
         # or placed, and what the snapshot placed (shared with Snapshots, which carries it).
         self.entry_names: dict[str, str] = entry_names if entry_names is not None else {}
         self._lock = threading.Lock()
-        self._store_down_until = 0.0
-        self._writes_refused = False  # the store said no to a write: stop publishing, keep reading
         if store is None:
             self._index_ready.set()
 
@@ -96,41 +81,24 @@ class Artifacts:
 
     def offer_local(self, kind: str, key: str, subdir: str) -> None:
         """Before each guard evaluation: every stored variant not offered yet goes to `subdir`."""
-        self._subdirs[(kind, key)] = subdir
-        self._await_ready()
-        for digest in self._unseen(kind, key):
-            name = self.entry_names.get(digest)
-            if name is not None and os.path.exists(os.path.join(subdir, name)):
-                self._note_offered(kind, key, digest)  # the snapshot placed this very entry
-                continue
-            if (blob := self._get_object(kind, key, digest)) is not None:
-                self._materialize(kind, key, digest, blob, subdir)
+        try:
+            self._subdirs[(kind, key)] = subdir
+            self._await_ready()
+            for digest in self._unseen(kind, key):
+                name = self.entry_names.get(digest)
+                if name is not None and os.path.exists(os.path.join(subdir, name)):
+                    self._note_offered(kind, key, digest)  # the snapshot placed this entry
+                    continue
+                if (blob := self._get_object(digest)) is not None:
+                    self._materialize(kind, key, digest, blob, subdir)
+        except Exception:
+            log.exception("offering stored variants of %s %s failed", kind, key)
 
     def get(self, kind: str, key: str) -> bytes | None:
         """PyTorch's remote lookup, reached when no local entry's guards held."""
         try:
-            self._await_ready()
-            if kind not in CLAIMING_KINDS or not self._flight.coordinated or self._store_down():
-                return self._take_fresh(kind, key, relist=(kind, key) not in self._relisted)
-            if self._flight.claim(kind, key):
-                self._stats.claimed += 1
-                # Another job may have published it since our index listing.
-                return self._take_fresh(kind, key, relist=True)
-            if (kind, key) in self._specialised and not self._flight.is_done(kind, key):
-                # Stored variants carry guards and none fit this rank: the claimant's, built
-                # for its own inputs, would most likely not fit either. Compile now.
-                log.debug("%s %s: variants are specialised and none fits; not waiting",
-                          kind, key)
-                self._stats.waits_skipped += 1
-                return None
-            start = time.monotonic()
-            result = self._flight.wait(kind, key)
-            self._waited[(kind, key)] = time.monotonic() - start
-            if result is WaitResult.DONE and (found := self._take_fresh(kind, key, relist=True)):
-                self._stats.loaded_after_wait += 1
-                return found
-            return None
-        except Exception:  # noqa: BLE001 - a bug here must cost a compile, not the job
+            return self._get(kind, key)
+        except Exception:
             log.exception("lookup of %s %s failed; compiling locally", kind, key)
             return None
 
@@ -143,26 +111,9 @@ class Artifacts:
         if (waited := self._waited.pop((kind, key), None)) is not None:
             self._stats.wasted_wait_s += waited  # waited, then compiled all the same
         try:
-            files = self._kernels.take_new() if kind == "fxgraph" else {}
-            if self._store is not None and not self._store_down() and not self._writes_refused:
-                if kind not in CLAIMING_KINDS and self._published_meanwhile(kind, key, value):
-                    return
-                blob = envelope.pack(value, files)
-                digest = self._on_store_thread(
-                    self._store.put, kind, key, blob  # type: ignore[attr-defined]
-                )
-                self._note_offered(kind, key, digest)
-                if kind in GUARDED_KINDS:
-                    self._note_entry_name(digest, value)
-                self._stats.published += 1
-        except Exception as exc:  # noqa: BLE001
-            if isinstance(exc.__cause__, PermissionError):  # a read-only store, not an outage
-                self._stats.store_errors += 1
-                self._writes_refused = True
-                log.warning("store refused publishing %s %s (%s); publishing nothing more, "
-                            "still loading from it", kind, key, exc)
-            else:
-                self._store_failed(exc, f"publishing {kind} {key}")
+            self._put(kind, key, value)
+        except Exception:
+            log.exception("publishing %s %s failed", kind, key)
         finally:
             self._flight.finish(kind, key)
 
@@ -179,6 +130,42 @@ class Artifacts:
 
     # -- internals -----------------------------------------------------------------------
 
+    def _get(self, kind: str, key: str) -> bytes | None:
+        self._await_ready()
+        if kind not in CLAIMING_KINDS or not self._flight.coordinated:
+            return self._take_fresh(kind, key, relist=(kind, key) not in self._relisted)
+        if self._flight.claim(kind, key):
+            self._stats.claimed += 1
+            # Another job may have published it since our index listing.
+            return self._take_fresh(kind, key, relist=True)
+        if (kind, key) in self._specialised and not self._flight.is_done(kind, key):
+            # Stored variants carry guards and none fit this rank: the claimant's, built for
+            # its own inputs, would most likely not fit either. Compile now.
+            log.debug("%s %s: variants are specialised and none fits; not waiting", kind, key)
+            self._stats.waits_skipped += 1
+            return None
+        start = time.monotonic()
+        result = self._flight.wait(kind, key)
+        self._waited[(kind, key)] = time.monotonic() - start
+        if result is WaitResult.DONE and (found := self._take_fresh(kind, key, relist=True)):
+            self._stats.loaded_after_wait += 1
+            return found
+        return None
+
+    def _put(self, kind: str, key: str, value: bytes) -> None:
+        files = self._kernels.take_new() if kind == "fxgraph" else {}
+        if self._store is None or self._store.read_only:
+            return
+        if kind not in CLAIMING_KINDS and self._published_meanwhile(kind, key, value):
+            return
+        digest = self._store.put(kind, key, envelope.pack(value, files))
+        if digest is None:
+            return
+        self._note_offered(kind, key, digest)
+        if kind in GUARDED_KINDS:
+            self._note_entry_name(digest, value)
+        self._stats.published += 1
+
     def _unseen(self, kind: str, key: str) -> list[str]:
         with self._lock:
             offered = self._offered.get((kind, key), set())
@@ -192,7 +179,7 @@ class Artifacts:
         subdir = self._subdirs.get((kind, key))
         found: bytes | None = None
         for digest in self._unseen(kind, key):
-            if (blob := self._get_object(kind, key, digest)) is None:
+            if (blob := self._get_object(digest)) is None:
                 continue
             if found is not None:
                 if subdir is None:
@@ -242,54 +229,38 @@ class Artifacts:
     def _list_index(self) -> None:
         try:
             with self._stats.phase("index_listing"):
-                listed = self._on_store_thread(
-                    self._store.list_index  # type: ignore[union-attr]
-                )
+                listed = self._store.list_index()  # type: ignore[union-attr]
             with self._lock:
                 for k, digests in listed.items():
                     self._listed.setdefault(k, digests)
             log.debug("store index: %d keys", len(listed))
-        except Exception as exc:  # noqa: BLE001 - lookups list key by key instead
-            self._store_failed(exc, "listing the index")
         finally:
             self._index_ready.set()
 
     def _relist(self, kind: str, key: str) -> None:
-        if self._store is None or self._store_down():
+        if self._store is None:
             return
-        try:
-            with self._stats.phase("key_listing"):
-                digests = self._on_store_thread(
-                    self._store.list_variants, kind, key  # type: ignore[attr-defined]
-                )
-        except Exception as exc:  # noqa: BLE001
-            self._store_failed(exc, f"looking up {kind} {key}")
-            return
+        with self._stats.phase("key_listing"):
+            digests = self._store.list_variants(kind, key)
         with self._lock:
             self._listed[(kind, key)] = digests
             self._relisted.add((kind, key))
 
-    def _get_object(self, kind: str, key: str, digest: str) -> bytes | None:
-        if self._store is None or self._store_down():
+    def _get_object(self, digest: str) -> bytes | None:
+        if self._store is None:
             return None
-        try:
-            with self._stats.phase("object_fetch"):
-                return self._on_store_thread(
-                    self._store.get_object, digest  # type: ignore[attr-defined]
-                )
-        except Exception as exc:  # noqa: BLE001
-            self._store_failed(exc, f"fetching {kind} {key}")
-            return None
+        with self._stats.phase("object_fetch"):
+            return self._store.get_object(digest)
 
     def _await_ready(self) -> None:
         """Never race the snapshot into the local caches, nor look up before the index."""
         self.start_prefetch()
         with self._stats.phase("ready_wait"):
             if self._snapshots is not None and not self._snapshots.ready.is_set():
-                self._snapshots.wait_ready(self._snapshot_wait_s)
-            if not self._index_ready.wait(self._snapshot_wait_s):
+                self._snapshots.wait_ready(self._ready_wait_s)
+            if not self._index_ready.wait(self._ready_wait_s):
                 log.warning("store index still listing after %.0f s; looking keys up one by one",
-                            self._snapshot_wait_s)
+                            self._ready_wait_s)
                 self._index_ready.set()
 
     def _published_meanwhile(self, kind: str, key: str, value: bytes) -> bool:
@@ -310,14 +281,12 @@ class Artifacts:
         except ValueError:
             return False
         for digest in unseen:
-            blob = self._get_object(kind, key, digest)
-            contents = self._open(kind, key, blob) if blob is not None else None
-            try:
-                if contents is not None and compat.entry_guards(
-                        compat.entry_content(contents)) == ours:
+            blob = self._get_object(digest)
+            theirs = self._open(kind, key, blob) if blob is not None else None
+            with contextlib.suppress(ValueError):
+                if theirs is not None and compat.entry_guards(
+                        compat.entry_content(theirs)) == ours:
                     return True
-            except ValueError:
-                continue
         return False
 
     def _note_offered(self, kind: str, key: str, digest: str) -> None:
@@ -326,17 +295,3 @@ class Artifacts:
             listed = self._listed.setdefault((kind, key), [])
             if digest not in listed:
                 listed.insert(0, digest)
-
-    def _store_down(self) -> bool:
-        return time.monotonic() < self._store_down_until
-
-    def _on_store_thread(self, fn: Callable[..., T], *args: object) -> T:
-        """Run one store call on the store thread, within the store's own deadline."""
-        return self._io.submit(fn, *args).result(timeout=self._store_deadline_s)
-
-    def _store_failed(self, exc: Exception, what: str) -> None:
-        self._stats.store_errors += 1
-        if not self._store_down():
-            log.warning("store failed while %s (%s); compiling locally, retrying the store "
-                        "in %.0f s", what, exc, STORE_RETRY_AFTER_S)
-        self._store_down_until = time.monotonic() + STORE_RETRY_AFTER_S

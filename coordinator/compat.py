@@ -15,7 +15,7 @@ import importlib
 import json
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from coordinator.errors import TorchHookMissing
@@ -51,6 +51,57 @@ def guarded_cache_class() -> Any:
             f"torch {torch_version()} has no GuardedCache.iterate_over_candidates"
         )
     return cls
+
+
+def store_backend_base() -> type:
+    """The base class of a remote cache's byte-moving backend (`_get` / `_put`)."""
+    from torch._inductor.remote_cache import RemoteCacheBackend
+
+    return RemoteCacheBackend
+
+
+def set_backend_override(kind: str, factory: Callable[[], Any]) -> Callable[[], None]:
+    """Make the remote cache of `kind` build its backend with `factory`; returns the undo."""
+    cls = remote_cache_class(kind)
+    previous = cls.__dict__.get("backend_override_cls")
+    cls.backend_override_cls = factory
+
+    def undo() -> None:
+        if previous is not None:
+            cls.backend_override_cls = previous
+        elif "backend_override_cls" in cls.__dict__:
+            del cls.backend_override_cls  # back to the base class's None
+
+    return undo
+
+
+Candidates = Iterator[Any]
+
+
+def wrap_candidates(
+    wrapper: Callable[[Callable[[], Candidates], type, bool, Any, str], Candidates],
+) -> Callable[[], None]:
+    """Wrap `GuardedCache.iterate_over_candidates(cls, local, remote_cache, key)`, the
+    generator whose candidates PyTorch evaluates guards on: `wrapper(original, cls, local,
+    remote_cache, key)` yields them, `original()` being PyTorch's own. Returns the undo."""
+    guarded = guarded_cache_class()
+    original = guarded.__dict__["iterate_over_candidates"]
+
+    def iterate_over_candidates(cls: type, local: bool, remote_cache: Any,
+                                key: str) -> Candidates:
+        def pytorchs() -> Candidates:
+            return original.__func__(cls, local, remote_cache, key)
+
+        return wrapper(pytorchs, cls, local, remote_cache, key)
+
+    guarded.iterate_over_candidates = classmethod(iterate_over_candidates)
+    return lambda: setattr(guarded, "iterate_over_candidates", original)
+
+
+def local_dir_for_key(cls: type, key: str) -> str:
+    """The directory of a guarded cache (FxGraphCache, AOTAutogradCache) that holds `key`'s
+    local entries."""
+    return cls._get_tmp_dir_for_key(key)  # type: ignore[attr-defined]
 
 
 def guarded_kind(cls: type) -> str | None:

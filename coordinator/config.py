@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from coordinator.errors import ConfigError
+from storage.units import parse_size
 
 ENV_PREFIX = "PT2CC_"
 
@@ -79,17 +80,6 @@ class Config:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         return cls(**values)  # type: ignore[arg-type]
 
-    def to_env(self) -> dict[str, str]:
-        """The PT2CC_* variables that reproduce this config (for child processes)."""
-        out = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if value is None:
-                continue
-            var = ENV_PREFIX + ("CACHE" if field.name == "cache_url" else field.name.upper())
-            out[var] = ("1" if value else "0") if isinstance(value, bool) else str(value)
-        return out
-
 
 def _parse(var: str, raw: str, type_name: object) -> object:
     kind = str(type_name)
@@ -102,23 +92,9 @@ def _parse(var: str, raw: str, type_name: object) -> object:
                 return False
             raise ValueError
         if kind.startswith("int"):
-            return parse_bytes(raw) if var.endswith("BYTES") else int(raw)
+            return parse_size(raw) if var.endswith("BYTES") else int(raw)
         if kind.startswith("float"):
             return float(raw)
     except ValueError:
         raise ConfigError(f"{var}={raw!r} is not a valid {kind.split(' ')[0]}") from None
     return raw
-
-
-_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-
-
-def parse_bytes(raw: str) -> int:
-    """'512M', '10G', '1048576' -> bytes."""
-    text = raw.strip().upper().removesuffix("B").removesuffix("I")
-    unit = text[-1:] if text[-1:] in _UNITS else ""
-    number = text[: len(text) - len(unit)]
-    try:
-        return int(float(number) * _UNITS[unit])
-    except ValueError:
-        raise ValueError(f"{raw!r} is not a size like 512M or 10G") from None

@@ -1,4 +1,4 @@
-"""Decision 3: one visible GPU per worker, so every rank's cache keys say cuda:0.
+"""One visible GPU per worker, so that every rank's cache keys say cuda:0.
 
 Inductor's keys contain the device index: what cuda:0 compiled misses on cuda:1. Like
 `torchrun --virtual-local-rank`, each worker sees only its own GPU and LOCAL_RANK=0.
@@ -35,5 +35,4 @@ def normalize(env: dict[str, str]) -> dict[str, str]:
     return {
         "CUDA_VISIBLE_DEVICES": gpus[local_rank],
         "LOCAL_RANK": "0",
-        "PT2CC_LOCAL_RANK": str(local_rank),
     }

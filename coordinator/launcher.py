@@ -12,9 +12,10 @@ import os
 import runpy
 import sys
 
-from coordinator.config import Config, parse_bytes
+from coordinator.config import Config
 from coordinator.errors import ConfigError
 from coordinator.snapshot import derive_tag
+from storage.units import argument_type, parse_size
 
 USAGE = "python -m coordinator [options] (SCRIPT | -m MODULE) [ARGS...]"
 
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: $PT2CC_CACHE, else ~/.cache/pt2cc/store)")
     p.add_argument("--node-cache-dir", metavar="DIR", help="node-local copy of fetched objects, "
                    "shared by the ranks of a machine (default: $TMPDIR/pt2cc-node-UID)")
-    p.add_argument("--node-cache-max-bytes", metavar="SIZE", type=_size,
+    p.add_argument("--node-cache-max-bytes", metavar="SIZE", type=argument_type(parse_size),
                    help="bound of the node-local copy, e.g. 20G (default 10G)")
     p.add_argument("--wait-timeout", metavar="S", type=float, dest="wait_timeout_s",
                    help="longest a rank waits for another rank's compile (default 900)")
@@ -53,13 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("script", nargs="?", help="the training script")
     p.add_argument("args", nargs=argparse.REMAINDER, help="the script's arguments")
     return p
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_bytes(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -180,7 +180,9 @@ class SingleFlight:
         while not self._stop.wait(every_s):
             try:
                 self._store.add(f"hb/{self._rank}", 1)  # type: ignore[union-attr]
-            except Exception:  # noqa: BLE001 - the store is gone; waiters will time out
+            except Exception as exc:  # noqa: BLE001 - any failure of the job store ends it
+                log.warning("heartbeat stopped: the job's c10d store failed (%s); ranks "
+                            "waiting on this rank's compiles will compile themselves", exc)
                 return
 
 

@@ -17,11 +17,12 @@ import os
 import threading
 import zlib
 from collections.abc import Callable
-from typing import Any
 
 from coordinator import envelope
 from coordinator.kernels import KernelFiles
 from coordinator.stats import RankStats
+from storage.api import Store
+from storage.node_cache import NodeCache
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,11 @@ def derive_tag(target: str) -> str:
 class Snapshots:
     """Prefetches this tag's snapshot in the background; publishes one after warm-up."""
 
-    def __init__(self, store: Any, tag: str, kernels: KernelFiles, *, publisher: bool,
+    def __init__(self, store: Store, tag: str, kernels: KernelFiles, *, publisher: bool,
                  quiet_s: float, compiled_count: Callable[[], int], stats: RankStats,
-                 entry_names: dict[str, str]) -> None:
+                 entry_names: dict[str, str], node: NodeCache | None = None) -> None:
         self._store = store
+        self._node = node
         self._stats = stats
         self._entry_names = entry_names
         self._tag = tag
@@ -114,8 +116,8 @@ class Snapshots:
                 log.warning("snapshot %r would be %d bytes; not publishing it", self._tag,
                             len(blob))
                 return
-            self._store.put_snapshot(self._tag, blob)
-            log.info("published snapshot %r (%d bytes)", self._tag, len(blob))
+            if self._store.put_snapshot(self._tag, blob) is not None:
+                log.info("published snapshot %r (%d bytes)", self._tag, len(blob))
         except Exception as exc:  # noqa: BLE001 - a snapshot is an optimisation
             log.warning("publishing snapshot %r failed: %s", self._tag, exc)
 
@@ -136,7 +138,7 @@ class Snapshots:
             if blob is None:
                 log.debug("no snapshot %r yet", self._tag)
                 return
-            node = getattr(self._store, "node_cache", None)
+            node = self._node
             if node is None:
                 self._entry_names.update(self._place(blob))
                 return

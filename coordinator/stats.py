@@ -10,8 +10,13 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from coordinator import compat
+
+if TYPE_CHECKING:
+    from coordinator.single_flight import SingleFlight
+    from storage.fail_open import FailOpenStore
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +31,6 @@ class RankStats:
     wasted_wait_s: float = 0.0  # waits after which this rank compiled all the same
     materialized: int = 0  # variants written into PyTorch's local cache dirs
     published: int = 0
-    store_errors: int = 0
     # Seconds and calls per phase of our own work (index listing, object fetch, waiting for
     # the prefetch, snapshot fetch/decompress/load, ...): where a warm start's time goes.
     phases: dict[str, list[float]] = dataclasses.field(default_factory=dict)
@@ -44,7 +48,8 @@ class RankStats:
                 seconds_calls[0] += elapsed
                 seconds_calls[1] += 1
 
-    def snapshot(self, *, flight: object | None = None, store: object | None = None) -> dict:
+    def as_dict(self, *, flight: SingleFlight | None = None,
+                store: FailOpenStore | None = None) -> dict:
         """These counters plus PyTorch's own and the store's, as one flat dict."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                if not f.name.startswith("_")}
@@ -53,11 +58,12 @@ class RankStats:
                              for name, sc in sorted(self.phases.items())}
         out.update(compat.cache_counters())
         out["torch_phases"] = compat.compile_time_metrics()
-        out["waits"] = getattr(flight, "waits", 0)
-        out["waited_s"] = round(getattr(flight, "waited_s", 0.0), 3)
-        store_stats = getattr(store, "stats", None)
-        if store_stats is not None:
-            out["store"] = store_stats.as_dict()
+        out["waits"] = flight.waits if flight is not None else 0
+        out["waited_s"] = round(flight.waited_s, 3) if flight is not None else 0.0
+        out["store_errors"] = store.failures if store is not None else 0
+        if store is not None:
+            out["store"] = store.stats.as_dict()
+        out["wasted_wait_s"] = round(self.wasted_wait_s, 3)
         return out
 
     @staticmethod

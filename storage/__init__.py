@@ -3,8 +3,15 @@
 Imports no torch: the CLI and tools use it on machines without PyTorch.
 """
 
-from storage.errors import IntegrityError, StoreConfigError, StoreError, StoreUnavailable
-from storage.store import ArtifactStore, Entry, StoreStats, open_store
+from storage.errors import (
+    IntegrityError,
+    StoreConfigError,
+    StoreError,
+    StoreReadOnly,
+    StoreUnavailable,
+)
+from storage.maintenance import Entry
+from storage.store import ArtifactStore, StoreStats, open_store
 
 __all__ = [
     "ArtifactStore",
@@ -12,6 +19,7 @@ __all__ = [
     "IntegrityError",
     "StoreConfigError",
     "StoreError",
+    "StoreReadOnly",
     "StoreStats",
     "StoreUnavailable",
     "open_store",

@@ -15,5 +15,9 @@ class StoreUnavailable(StoreError):
     """The store could not be reached or refused an operation after bounded retries."""
 
 
+class StoreReadOnly(StoreUnavailable):
+    """The store refused a write (permission denied): it can still be read."""
+
+
 class IntegrityError(StoreError):
     """An object failed verification (digest, framing or signature); it is never handed out."""

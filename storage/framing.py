@@ -60,8 +60,3 @@ def decode(blob: bytes, expected_digest: str, signing_key: bytes | None) -> byte
         if not hmac.compare_digest(blob[_HEADER:start], _mac(signing_key, payload)):
             raise IntegrityError("bad signature (signed with another key, or tampered)")
     return payload
-
-
-def is_signed(blob: bytes) -> bool:
-    """Whether a framed object carries an HMAC (for reports; says nothing about validity)."""
-    return len(blob) >= _HEADER and blob[: len(MAGIC)] == MAGIC and bool(blob[5] & FLAG_SIGNED)

@@ -26,12 +26,25 @@ from storage.layout import (
 from storage.listing import FileInfo, find_files
 from storage.location import move
 from storage.retry import Retrier
-from storage.store import Entry
 
 log = logging.getLogger(__name__)
 
 # What a running job may have published but not yet indexed: never removed.
 MIN_AGE_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry of the index (`section` "index") or of the snapshots ("snapshots") and the
+    object it names; size is None if the object is gone."""
+
+    fingerprint: str
+    kind: str  # "snapshot" in the snapshots section
+    key: str  # the snapshot's tag in the snapshots section
+    digest: str
+    size: int | None
+    mtime: float
+    section: str = INDEX
 
 
 @dataclass
@@ -58,7 +71,7 @@ def scan(fs: fsspec.AbstractFileSystem, root: str, retrier: Retrier,
     else:
         files = [f for fp in fingerprints for f in find_files(fs, f"{base}/{fp}", retrier)]
     result = Scan()
-    pending: list[tuple[str, str, str, str, bool, FileInfo]] = []
+    pending: list[tuple[str, str, str, str, str, FileInfo]] = []
     for f in files:
         rel = f.path[len(base):].strip("/") if f.path.startswith(base) else ""
         parts = rel.split("/")
@@ -71,15 +84,15 @@ def scan(fs: fsspec.AbstractFileSystem, root: str, retrier: Retrier,
             result.quarantine.append((fp, f))
         elif section == INDEX and len(parts) == 5 and is_digest(parts[4]):
             pending.append((fp, decode_segment(parts[2]), decode_segment(parts[3]), parts[4],
-                            False, f))
+                            INDEX, f))
         elif section == SNAPSHOTS and len(parts) == 4 and is_digest(parts[3]):
-            pending.append((fp, "snapshot", decode_segment(parts[2]), parts[3], True, f))
-    for fp, kind, key, digest, snap, f in pending:
+            pending.append((fp, "snapshot", decode_segment(parts[2]), parts[3], SNAPSHOTS, f))
+    for fp, kind, key, digest, section, f in pending:
         obj = result.objects.get((fp, digest))
-        entry = Entry(fp, kind, key, digest, obj.size if obj else None, f.mtime, snap)
+        entry = Entry(fp, kind, key, digest, obj.size if obj else None, f.mtime, section)
         result.entries.append(entry)
         result.entry_paths[entry] = f.path
-    result.entries.sort(key=lambda e: (e.fingerprint, e.snapshot, e.kind, e.key, -e.mtime))
+    result.entries.sort(key=lambda e: (e.fingerprint, e.section, e.kind, e.key, -e.mtime))
     return result
 
 
@@ -92,7 +105,7 @@ def summarize(s: Scan) -> dict[str, dict[str, int]]:
         quarantined = [q for f, q in s.quarantine if f == fp]
         out[fp] = {
             "entries": len(entries),
-            "keys": len({(e.snapshot, e.kind, e.key) for e in entries}),
+            "keys": len({(e.section, e.kind, e.key) for e in entries}),
             "objects": len(objs),
             "bytes": sum(o.size for o in objs),
             "quarantined": len(quarantined),
@@ -272,21 +285,21 @@ def _remove(fs: fsspec.AbstractFileSystem, paths: list[str], retrier: Retrier) -
 
 def group_entries(entries: list[Entry]) -> list[dict[str, Any]]:
     """Entries grouped per (fingerprint, kind, key): variants, bytes and newest mtime."""
-    groups: dict[tuple[str, bool, str, str], list[Entry]] = defaultdict(list)
+    groups: dict[tuple[str, str, str, str], list[Entry]] = defaultdict(list)
     for e in entries:
-        groups[(e.fingerprint, e.snapshot, e.kind, e.key)].append(e)
+        groups[(e.fingerprint, e.section, e.kind, e.key)].append(e)
     return [
         {
             "fingerprint": fp,
             "kind": kind,
             "key": key,
-            "snapshot": snap,
+            "snapshot": section == SNAPSHOTS,
             "variants": len(es),
             "bytes": sum(e.size or 0 for e in es),
             "newest": max(e.mtime for e in es),
             "digests": [e.digest for e in es],
         }
-        for (fp, snap, kind, key), es in sorted(groups.items())
+        for (fp, section, kind, key), es in sorted(groups.items())
     ]
 
 

@@ -94,10 +94,6 @@ class NodeCache:
                     found.append((st.st_mtime, st.st_size, Path(entry.path)))
         return found
 
-    def size(self) -> int:
-        """Bytes currently cached."""
-        return sum(size for _, size, _ in self._files())
-
     def evict(self) -> None:
         """Remove least recently used objects until the total is within `max_bytes`.
 

@@ -2,7 +2,8 @@
 
 s3fs already retries throttling and dropped connections a few times inside each call; this
 layer exists to bound the *total* time an operation may take and to turn a store that stays
-down into one `StoreUnavailable` that callers answer with a local compile.
+down into one `StoreUnavailable` that callers answer with a local compile. Only transport
+and backend errors are wrapped: anything else (a TypeError from a bug) passes through.
 """
 
 from __future__ import annotations
@@ -48,6 +49,17 @@ _TRANSIENT_NAMES = {
     "IncompleteRead",
 }
 _TRANSIENT_TEXT = ("SlowDown", "reduce your request rate", "ServiceUnavailable", "503")
+# Packages whose exceptions are the store's (transport, backend), not our own bugs.
+_BACKEND_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec", "gcsfs", "adlfs",
+                    "google", "azure", "requests", "urllib3", "http", "ssl", "asyncio")
+
+
+def is_store_error(exc: BaseException) -> bool:
+    """An OSError or an exception of a storage backend: the store failed, not our code."""
+    if isinstance(exc, OSError) or is_transient(exc):
+        return True
+    return any(cls.__module__.split(".")[0] in _BACKEND_MODULES for cls in type(exc).__mro__
+               if cls.__module__ != "builtins")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -79,8 +91,9 @@ class Retrier:
     def call(self, what: str, fn: Callable[[], T]) -> T:
         """Return fn(); FileNotFoundError passes through (a miss, not an error).
 
-        Transient errors are retried with full-jitter exponential backoff; anything else, or
-        running out of attempts or time, raises StoreUnavailable naming the URL and the error.
+        Transient errors are retried with full-jitter exponential backoff; other store
+        errors, or running out of attempts or time, raise StoreUnavailable naming the URL and
+        the error; any other exception is a bug and passes through unchanged.
         """
         deadline = time.monotonic() + self.timeout_s
         for attempt in range(1, self.attempts + 1):
@@ -89,6 +102,8 @@ class Retrier:
             except FileNotFoundError:
                 raise
             except Exception as e:
+                if not is_store_error(e):
+                    raise
                 if not is_transient(e):
                     raise StoreUnavailable(
                         f"store {self.url}: {what} failed: {type(e).__name__}: {e}"

@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import fsspec
 
 from storage import framing
-from storage.errors import IntegrityError, StoreConfigError, StoreUnavailable
+from storage.errors import IntegrityError, StoreConfigError, StoreReadOnly, StoreUnavailable
 from storage.layout import Layout, decode_segment, is_digest, is_fingerprint
 from storage.listing import find_files, list_files
 from storage.location import move, resolve, write_atomic
@@ -41,19 +40,6 @@ class StoreStats:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One index (or snapshot) entry and the object it names; size is None if the object is gone."""
-
-    fingerprint: str
-    kind: str
-    key: str
-    digest: str
-    size: int | None
-    mtime: float
-    snapshot: bool = False
-
-
 class ArtifactStore:
     """Get and publish artifacts of one fingerprint under one store URL.
 
@@ -75,9 +61,15 @@ class ArtifactStore:
         self._retrier = retrier
         self._warned: set[str] = set()
         self._lock = threading.Lock()
+        self._read_only = False
 
     def __repr__(self) -> str:
         return f"ArtifactStore({self.url!r}, fingerprint={self.fingerprint!r})"
+
+    @property
+    def read_only(self) -> bool:
+        """Whether this store has refused a write (reads still work)."""
+        return self._read_only
 
     @property
     def signed(self) -> bool:
@@ -263,19 +255,14 @@ class ArtifactStore:
         except FileNotFoundError as e:  # e.g. the bucket vanished under us
             self._count(errors=1)
             raise StoreUnavailable(f"store {self.url}: put failed: {e}") from e
-        except StoreUnavailable:
+        except StoreUnavailable as e:
             self._count(errors=1)
+            if isinstance(e.__cause__, PermissionError):
+                self._read_only = True
+                raise StoreReadOnly(f"store {self.url} refused a write: {e}") from e
             raise
         self._count(puts=1, bytes_written=len(blob) + len(marker))
         return digest
-
-    # -- walking ---------------------------------------------------------------------------
-
-    def iter_entries(self) -> Iterator[Entry]:
-        """Every index and snapshot entry of this fingerprint (for the CLI and tests)."""
-        from storage.maintenance import scan
-
-        yield from scan(self.fs, self.root, self._retrier, [self.fingerprint]).entries
 
 
 def open_store(url: str, *, fingerprint: str, storage_options: dict[str, Any] | None = None,

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.cli import main, parse_duration, parse_size
 from storage import open_store
+from storage.cli import main
+from storage.maintenance import scan
+from storage.retry import Retrier
+from storage.units import parse_duration, parse_size
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = 86400
@@ -117,7 +120,7 @@ def test_prune_to_max_bytes_oldest_first(tmp_path, capsys):
     assert young
     rc, plan = run(capsys, "prune", url, "--max-bytes", "2500", "--yes")
     assert plan["entries"] == 3 and plan["bytes_after"] <= 2500
-    kept = {e.key for e in s.iter_entries()}
+    kept = {e.key for e in scan(s.fs, s.root, Retrier(s.url), [s.fingerprint]).entries}
     assert kept == {"k3", "young"}
 
 
@@ -144,7 +147,7 @@ def test_parse_duration(text, value):
 
 
 def test_cli_process_does_not_import_torch(tmp_path):
-    code = ("import sys; from coordinator.cli import main; rc = main(['stats', sys.argv[1]]); "
+    code = ("import sys; from storage.cli import main; rc = main(['stats', sys.argv[1]]); "
             "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT,
                          capture_output=True, text=True)

@@ -1,4 +1,4 @@
-"""Decision 5 at our end: every guarded variant stored under a key reaches PyTorch's
+"""Every guarded variant stored under a key reaches PyTorch's
 local dir, where PyTorch's own guard evaluation picks one (or none) per rank."""
 
 from __future__ import annotations

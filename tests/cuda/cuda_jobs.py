@@ -182,7 +182,7 @@ def store_keys(url: str, kind: str) -> dict[str, int]:
     root.fs.invalidate_cache()  # s3fs keeps listings; the store changed since the last look
     counts: dict[str, int] = defaultdict(int)
     for e in scan(root.fs, root.root, root.retrier).entries:
-        if e.kind == kind and not e.snapshot:
+        if e.kind == kind and e.section == "index":
             counts[e.key] += 1
     return dict(counts)
 

@@ -64,7 +64,7 @@ def _break_fsspec_cycles() -> None:
 
     original = fsspec.asyn.sync
 
-    def sync(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def sync(*args, **kwargs):
         try:
             return original(*args, **kwargs)
         except BaseException as exc:
@@ -82,7 +82,7 @@ def main() -> None:
     if os.environ.get("PT2CC_TEST_RANK_TRITON_DIRS") == "1" and os.environ.get("TRITON_CACHE_DIR"):
         os.environ["TRITON_CACHE_DIR"] = os.path.join(os.environ["TRITON_CACHE_DIR"],
                                                       f"rank{rank}")
-    import torch  # noqa: F401 - first, so that torch's own logging set-up runs before ours
+    import torch
 
     aot_log = logging.getLogger("torch._functorch._aot_autograd.autograd_cache")
     aot_log.setLevel(logging.INFO)

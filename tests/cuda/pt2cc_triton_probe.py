@@ -29,7 +29,7 @@ def _note(event: str, key: str, filename: str) -> None:
 
 
 class CountingCacheManager(FileCacheManager):
-    def get_group(self, filename: str):  # noqa: ANN201 - Triton's own signature
+    def get_group(self, filename: str):
         group = super().get_group(filename)
         if group is not None and filename in group:
             _note("hit", self.key, filename)
@@ -39,7 +39,7 @@ class CountingCacheManager(FileCacheManager):
         _note("compile", self.key, filename)
         return super().put_group(filename, group)
 
-    def put(self, data, filename: str, binary: bool = True) -> str:  # noqa: ANN001
+    def put(self, data, filename: str, binary: bool = True) -> str:
         if filename.endswith(".so"):
             _note("build", self.key, filename)
         return super().put(data, filename, binary)

@@ -106,14 +106,14 @@ def _counters() -> dict[str, int]:
     return out
 
 
-def _close(a, b) -> float:  # noqa: ANN001
+def _close(a, b) -> float:
     import torch
 
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     return float((a.float() - b.float()).abs().max())
 
 
-def case_triton_op(k, dev, rank):  # noqa: ANN001, ANN201
+def case_triton_op(k, dev, rank):
     import torch
 
     x = torch.randn(1 << 16, device=dev)
@@ -124,7 +124,7 @@ def case_triton_op(k, dev, rank):  # noqa: ANN001, ANN201
             "checksum": float(out.sum())}
 
 
-def case_autograd_function(k, dev, rank):  # noqa: ANN001, ANN201
+def case_autograd_function(k, dev, rank):
     import torch
 
     x = torch.randn(4096, device=dev, requires_grad=True)
@@ -137,14 +137,14 @@ def case_autograd_function(k, dev, rank):  # noqa: ANN001, ANN201
     return {"max_err": err, "checksum": float(loss)}
 
 
-def case_regional(k, dev, rank):  # noqa: ANN001, ANN201
+def case_regional(k, dev, rank):
     import torch
 
     region = getattr(torch.compiler, "nested_compile_region", None)
     if region is None:
         return {"skipped": f"torch {torch.__version__} has no torch.compiler.nested_compile_region"}
 
-    def block(x, w):  # noqa: ANN001, ANN202
+    def block(x, w):
         return torch.nn.functional.gelu(x @ w) * 0.5 + x
 
     regional_block = region(block)
@@ -155,12 +155,12 @@ def case_regional(k, dev, rank):  # noqa: ANN001, ANN201
     return {"max_err": _close(out, block(block(x, w1), w2).sum(1)), "checksum": float(out.sum())}
 
 
-def case_dynamic_batch(k, dev, rank, batches):  # noqa: ANN001, ANN201
+def case_dynamic_batch(k, dev, rank, batches):
     import torch
 
     w = torch.randn(128, 128, device=dev) / 11
 
-    def fn(x):  # noqa: ANN001, ANN202
+    def fn(x):
         return torch.nn.functional.gelu(x @ w).softmax(-1).sum(1)
 
     f = torch.compile(fn, dynamic=True, fullgraph=True)
@@ -169,10 +169,10 @@ def case_dynamic_batch(k, dev, rank, batches):  # noqa: ANN001, ANN201
     return {"batch": x.shape[0], "max_err": _close(out, fn(x)), "checksum": float(out.sum())}
 
 
-def case_dynamic_branch(k, dev, rank, batches):  # noqa: ANN001, ANN201
+def case_dynamic_branch(k, dev, rank, batches):
     import torch
 
-    def fn(x):  # noqa: ANN001, ANN202
+    def fn(x):
         if x.shape[0] % 4 == 0:
             return (x * 2).sin().sum(1)
         return (x * 3).cos().sum(1)

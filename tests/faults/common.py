@@ -33,7 +33,7 @@ def run(tmp: Path, name: str, store: str | None, args: list[str] = (), *,
 
 def start(tmp: Path, name: str, store: str | None, args: list[str] = (), *,
           env: dict[str, str] | None = None, launcher_args: list[str] = (),
-          snapshot: bool = False, **kwargs: object):  # noqa: ANN201
+          snapshot: bool = False, **kwargs: object):
     largs = [*LAUNCHER_ARGS, *([] if snapshot else ["--no-snapshot"]), *launcher_args]
     return jobs.start(JOB, list(args), node=tmp / f"node-{name}", store=store,
                       out=tmp / f"out-{name}", env={**ENV, **(env or {})},
@@ -72,7 +72,7 @@ def brief(job: jobs.Job) -> str:
 
 
 def pt2cc(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "coordinator.cli", *args],
+    return subprocess.run([sys.executable, "-m", "storage.cli", *args],
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, **(env or {})}, cwd=jobs.REPO)
 

@@ -27,11 +27,11 @@ RANK = int(os.environ.get("RANK", "0"))
 ATTEMPT = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
-def f(t):  # noqa: ANN001, ANN201
+def f(t):
     return (t.sin() + 1).sum(dim=1)
 
 
-def g(t):  # noqa: ANN001, ANN201
+def g(t):
     return (t.cos() * 3 - t).relu()
 
 
@@ -85,7 +85,7 @@ def main() -> None:
     if args.kill_waiter and ATTEMPT == 0:
         from coordinator.single_flight import SingleFlight
 
-        def killed_while_waiting(self, kind, key):  # noqa: ANN001, ANN202
+        def killed_while_waiting(self, kind, key):
             with open(f"{args.out}.killed.rank{RANK}", "w") as fh:
                 fh.write(key)
             os.kill(os.getpid(), signal.SIGKILL)

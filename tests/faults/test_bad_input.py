@@ -46,7 +46,7 @@ CASES = [
     (["{script}"], {"PT2CC_CACHE": "bad proto://x"}, "is not a valid protocol name"),
     (["--cache", "{file}", "{script}"], {}, "is a file, not a directory"),
     # unknown or bad options
-    (["--node-cache-max-bytes", "10Q", "{script}"], {}, "is not a size like 512M"),
+    (["--node-cache-max-bytes", "10Q", "{script}"], {}, "is not a size like 500M"),
     (["--wait-timeout", "soon", "{script}"], {}, "argument --wait-timeout: invalid float"),
     (["--log-level", "LOUD", "{script}"], {}, "argument --log-level: invalid choice"),
     (["--cache"], {}, "argument --cache: expected one argument"),

@@ -46,7 +46,7 @@ def test_store_unreachable_at_start(tmp_path: Path) -> None:
 
 @pytest.mark.s3
 def test_store_gone_in_the_middle_of_a_job(tmp_path: Path, s3_url: str,
-                                           proxy_factory) -> None:  # noqa: ANN001
+                                           proxy_factory) -> None:
     proxy = proxy_factory()
     pause = tmp_path / "pause"
     pause.mkdir()
@@ -79,7 +79,7 @@ def test_store_gone_in_the_middle_of_a_job(tmp_path: Path, s3_url: str,
 
 
 @pytest.mark.s3
-def test_slow_store(tmp_path: Path, s3_url: str, proxy_factory) -> None:  # noqa: ANN001
+def test_slow_store(tmp_path: Path, s3_url: str, proxy_factory) -> None:
     proxy = proxy_factory(latency_s=0.15)
     t0 = time.monotonic()
     job = common.run(tmp_path, "slow", s3_url, env=_s3(proxy.url)).check()
@@ -95,7 +95,7 @@ def test_slow_store(tmp_path: Path, s3_url: str, proxy_factory) -> None:  # noqa
 
 
 @pytest.mark.s3
-def test_throttling_bursts(tmp_path: Path, s3_url: str, proxy_factory) -> None:  # noqa: ANN001
+def test_throttling_bursts(tmp_path: Path, s3_url: str, proxy_factory) -> None:
     proxy = proxy_factory(slowdown=(10, 3))  # 3 of every 10 requests: 503 SlowDown
     t0 = time.monotonic()
     job = common.run(tmp_path, "slowdown", s3_url, env=_s3(proxy.url)).check()
@@ -109,7 +109,7 @@ def test_throttling_bursts(tmp_path: Path, s3_url: str, proxy_factory) -> None: 
     assert time.monotonic() - t0 < 180
 
 
-def _upload(store: Path, url: str, keep) -> None:  # noqa: ANN001
+def _upload(store: Path, url: str, keep) -> None:
     """Copy the index entries `keep(kind, key, mtime)` accepts, and their objects, to `url`."""
     import s3fs
 
@@ -127,7 +127,7 @@ def _upload(store: Path, url: str, keep) -> None:  # noqa: ANN001
 
 @pytest.mark.s3
 def test_read_only_store(tmp_path: Path, s3_url: str, seed: dict,
-                         proxy_factory) -> None:  # noqa: ANN001
+                         proxy_factory) -> None:
     """The store holds g but not f, and refuses writes: f is compiled, g still loads."""
     fx = sorted((e.stat().st_mtime, e.parent.name)
                 for e in seed["store"].glob("v1/*/index/fxgraph/*/*"))
@@ -186,7 +186,7 @@ def test_damaged_objects_are_refused_and_quarantined(tmp_path: Path, seed: dict)
 
 
 @pytest.fixture
-def read_only_dir(tmp_path: Path):  # noqa: ANN201
+def read_only_dir(tmp_path: Path):
     """A directory on a read-only tmpfs (writes fail with EROFS, even for root)."""
     path = tmp_path / "ro-node"
     path.mkdir()

@@ -83,5 +83,6 @@ def test_planted_pickles_are_refused_never_unpickled(tmp_path: Path, seed: dict)
     # What this job published is signed with its key and verifies with it.
     mine = {d for kind, _, d in common.digests(str(store)) if kind == "fxgraph"} - set(planted)
     signed = [d for d in mine if list(store.glob(f"v1/*/objects/*/{d}"))
-              and framing.is_signed(next(store.glob(f"v1/*/objects/*/{d}")).read_bytes())]
+              and framing.decode(next(store.glob(f"v1/*/objects/*/{d}")).read_bytes(), d,
+                                 KEY.encode())]
     assert len(signed) >= 2, mine

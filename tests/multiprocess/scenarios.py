@@ -24,12 +24,12 @@ class ScaleGrad(torch.autograd.Function):
     """A custom autograd.Function: forward doubles, backward scales by three."""
 
     @staticmethod
-    def forward(ctx, x):  # noqa: ANN001, ANN205
+    def forward(ctx, x):
         ctx.save_for_backward(x)
         return x * 2
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
+    def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         return grad * 3 + x.sin() * 0
 

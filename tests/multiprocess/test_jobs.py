@@ -147,7 +147,7 @@ def test_two_jobs_at_once_on_one_store(train: dict, tmp_path: Path) -> None:
             for i, p in enumerate(procs)]
     for job in done:
         assert_same_losses(job, train["baseline"])
-    verify = subprocess.run([sys.executable, "-m", "coordinator.cli", "verify", str(store)],
+    verify = subprocess.run([sys.executable, "-m", "storage.cli", "verify", str(store)],
                             capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     # Every index entry names an object that exists and verifies (verify checked hashes).

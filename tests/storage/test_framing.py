@@ -9,13 +9,13 @@ DIGEST = framing.digest_of(PAYLOAD)
 
 def test_unsigned_round_trip():
     blob = framing.encode(PAYLOAD, None)
-    assert not framing.is_signed(blob)
     assert framing.decode(blob, DIGEST, None) == PAYLOAD
+    with pytest.raises(IntegrityError, match="unsigned object refused"):
+        framing.decode(blob, DIGEST, b"k1")
 
 
 def test_signed_round_trip_and_accepted_without_key():
     blob = framing.encode(PAYLOAD, b"k1")
-    assert framing.is_signed(blob)
     assert framing.decode(blob, DIGEST, b"k1") == PAYLOAD
     assert framing.decode(blob, DIGEST, None) == PAYLOAD
 

@@ -4,7 +4,7 @@ import time
 import faulty_fs
 import pytest
 
-from storage import StoreUnavailable, open_store
+from storage import StoreReadOnly, StoreUnavailable, open_store
 from storage.retry import Retrier, is_transient
 
 faulty_fs.register()
@@ -54,9 +54,22 @@ def test_permanent_errors_are_not_retried():
     store = _store("denied", timeout_s=10)
     fs = store.fs
     fs.error, fs.always, fs.calls = "denied", True, 0
-    with pytest.raises(StoreUnavailable, match="PermissionError"):
+    with pytest.raises(StoreReadOnly, match="refused a write.*PermissionError"):
         store.put("fx", "k", b"x")
     assert fs.calls == 1
+
+
+def test_a_bug_is_not_taken_for_a_store_outage():
+    """A programming error must fail loudly, not switch the store off as if it were down."""
+    calls = []
+
+    def buggy():
+        calls.append(1)
+        raise TypeError("unsupported operand")
+
+    with pytest.raises(TypeError, match="unsupported operand"):
+        Retrier("u").call("get", buggy)
+    assert calls == [1]
 
 
 def test_open_store_on_a_down_store_raises_unavailable():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -14,40 +13,7 @@ from storage.errors import StoreError
 from storage.maintenance import apply_prune, group_entries, open_root, plan_prune, scan, summarize
 from storage.maintenance import verify as verify_store
 from storage.signing import load_signing_key
-
-_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_size(text: str) -> int:
-    """'50G', '500MiB', '1.5T', '1024' -> bytes (binary units)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"bad size {text!r}; use e.g. 500M, 50G, 1T")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-def parse_duration(text: str) -> float:
-    """'30d', '12h', '90m', '2w', '3600' (seconds) -> seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"bad duration {text!r}; use e.g. 90m, 12h, 30d, 2w")
-    return float(m.group(1)) * _SECONDS[m.group(2) or "s"]
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def human_age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{max(seconds, 0):.0f}s"
+from storage.units import argument_type, human_age, human_size, parse_duration, parse_size
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -145,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="move bad objects aside and remove entries that name them")
     v.set_defaults(func=cmd_verify)
     pr = add("prune", "remove old entries and unreferenced objects (dry run unless --yes)")
-    pr.add_argument("--older-than", type=parse_duration, help="e.g. 30d, 12h")
-    pr.add_argument("--max-bytes", type=parse_size, help="e.g. 50G; oldest entries go first")
+    pr.add_argument("--older-than", type=argument_type(parse_duration), help="e.g. 30d, 12h")
+    pr.add_argument("--max-bytes", type=argument_type(parse_size),
+                    help="e.g. 50G; oldest entries go first")
     pr.add_argument("--yes", action="store_true", help="really remove")
     pr.set_defaults(func=cmd_prune)
     return p

@@ -1,0 +1,33 @@
+"""What callers may do with a store: the one interface the coordinator and the CLI use."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from storage.store import StoreStats
+
+
+class Store(Protocol):
+    """An artifact store: objects named by digest, an index of variants per key, snapshots.
+
+    Lookups name variants by digest, newest first; `get_object` returns a verified payload
+    or None. `read_only` turns true once the store has refused a write.
+    """
+
+    url: str
+    stats: StoreStats
+
+    @property
+    def read_only(self) -> bool: ...
+
+    def list_index(self) -> dict[tuple[str, str], list[str]]: ...
+
+    def list_variants(self, kind: str, key: str) -> list[str]: ...
+
+    def get_object(self, digest: str) -> bytes | None: ...
+
+    def put(self, kind: str, key: str, data: bytes) -> str | None: ...
+
+    def get_snapshot(self, tag: str) -> bytes | None: ...
+
+    def put_snapshot(self, tag: str, data: bytes) -> str | None: ...
