@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import shutil
@@ -41,12 +40,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import bench_coldwarm  # scripts/bench_coldwarm.py: shared job helpers
+import harness
 
-REPO = Path(__file__).resolve().parent.parent
-BENCH = REPO / "scripts" / "bench"
+REPO, BENCH, RESULTS = harness.REPO, harness.BENCH, harness.RESULTS
 TRAIN = "examples/train.py"
-RESULTS = REPO / "docs" / "results"
 ROWS = (
     "none", "warm-local", "redis-cold", "redis-warm", "megacache-broadcast",
     "megacache-save", "megacache-load", "ours-cold-file", "ours-warm-file",
@@ -54,15 +51,8 @@ ROWS = (
 )
 NEEDS = {"warm-local": "none", "redis-warm": "redis-cold", "megacache-load": "megacache-save",
          "ours-warm-file": "ours-cold-file", "ours-warm-s3": "ours-cold-s3"}
-_SCRUB_PREFIXES = ("TORCHINDUCTOR_", "TRITON_", "PT2CC_", "AWS_")
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
@@ -91,7 +81,7 @@ class Servers:
             exe = shutil.which("redis-server")
             if exe is None:
                 raise RuntimeError("redis-server not found: apt-get install redis-server")
-            port = free_port()
+            port = harness.free_port()
             p = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                   "--appendonly", "no", "--dir", str(self.work)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -107,7 +97,7 @@ class Servers:
 
     def s3(self) -> str:
         if self.s3_endpoint is None:
-            port = free_port()
+            port = harness.free_port()
             p = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                                   str(port)], stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
@@ -134,68 +124,42 @@ class Servers:
                 p.wait()
 
 
-def read_ranks(prefix: Path, nproc: int) -> list[dict | None]:
-    out: list[dict | None] = []
-    for r in range(nproc):
-        try:
-            out.append(json.loads(Path(f"{prefix}.rank{r}.json").read_text()))
-        except (OSError, ValueError):
-            out.append(None)
-    return out
-
-
 def run_job(args: argparse.Namespace, name: str, work: Path, node: Path, target: list[str],
             env_extra: dict[str, str], timeout: float) -> dict:
     """One torchrun job; every worker runs under scripts/bench/cpu.py."""
     jobdir = work / "jobs" / name
     jobdir.mkdir(parents=True)
-    (node / "tmp").mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB_PREFIXES)}
-    env.update(
-        TORCHINDUCTOR_CACHE_DIR=str(node / "inductor"), TRITON_CACHE_DIR=str(node / "triton"),
-        PT2CC_NODE_CACHE_DIR=str(node / "objects"), TMPDIR=str(node / "tmp"),
+    env = harness.job_env(node, {
         # One compile thread: no pool of compile workers outside the measured process tree,
         # and on a 2-core machine with 2 ranks a pool has no cores to use anyway.
-        TORCHINDUCTOR_COMPILE_THREADS="1",
-        PT2CC_BENCH_CPU=str(jobdir / "cpu"),
-        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
-    )
-    env.update(env_extra)
-    py = sys.executable
-    cmd = [py, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-           str(args.nproc), "--no-python", py, str(BENCH / "cpu.py"), "--", py, *target,
+        "TORCHINDUCTOR_COMPILE_THREADS": "1",
+        "PT2CC_BENCH_CPU": str(jobdir / "cpu"),
+        **env_extra,
+    })
+    py, n = sys.executable, args.nproc
+    cmd = [*harness.torchrun(n), "--no-python", py, str(BENCH / "cpu.py"), "--", py, *target,
            *shlex.split(args.train_args), "--steps", str(args.steps),
            "--out", str(jobdir / "out")]
     log = jobdir / "log.txt"
     print(f"[{name}] {shlex.join(cmd)}", flush=True)
-    with log.open("w") as logf:
-        logf.write(shlex.join(cmd) + "\n")
-        logf.flush()
-        env["PT2CC_T0"] = repr(time.time())  # launch: torchrun's own start-up counts
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        rc = bench_coldwarm.wait_or_kill(proc, timeout, grace_s=20)
-    wall = time.perf_counter() - t0
-    outs = read_ranks(jobdir / "out", args.nproc)
-    cpus = read_ranks(jobdir / "cpu", args.nproc)
-    stats = read_ranks(jobdir / "stats", args.nproc)
-    steps1 = [o.get("time_to_step1_s") if o else None for o in outs]
-    ok = rc == 0 and all(t is not None and math.isfinite(t) for t in steps1)
+    rc, wall = harness.run(cmd, env, log, timeout, grace_s=20)
+    outs = harness.read_ranks(jobdir / "out", n)
+    step1 = harness.time_to_step1(outs, n)  # the slowest rank
+    ok = rc == 0 and step1 is not None
     res: dict[str, Any] = {
         "name": name, "ok": ok, "exit": rc, "wall_s": round(wall, 3), "log": str(log),
-        "time_to_step1_s": max(steps1) if ok else None,  # the slowest rank
-        "time_to_step1_per_rank_s": steps1,
-        "cpu_s_per_rank": [c["cpu_s"] if c else None for c in cpus],
-        "coordinator_stats": [s for s in stats if s],
-        "losses_rank0": outs[0].get("losses") if outs[0] else None,
+        "time_to_step1_s": step1 if ok else None,
+        "time_to_step1_per_rank_s": harness.by_rank(outs, n, "time_to_step1_s"),
+        "cpu_s_per_rank": harness.by_rank(harness.read_ranks(jobdir / "cpu", n), n, "cpu_s"),
+        "coordinator_stats": list(harness.read_ranks(jobdir / "stats", n).values()),
+        "losses_rank0": outs.get(0, {}).get("losses"),
     }
     if rc is None:
         res["status"] = f"deadline: killed after {timeout:.0f} s"
-        res["error"] = bench_coldwarm._worker_error(log, 6)
+        res["error"] = harness.worker_error(log, 6)
     elif not ok:
         res["status"] = f"failed (exit {rc})"
-        res["error"] = bench_coldwarm._worker_error(log, 12)
+        res["error"] = harness.worker_error(log, 12)
     else:
         res["status"] = "ok"
     return res
@@ -267,9 +231,9 @@ def run_rows(args: argparse.Namespace, work: Path, servers: Servers) -> dict[str
                             "total_net_input_bytes", "total_net_output_bytes",
                             "keyspace_hits", "keyspace_misses")}
         elif name.startswith("megacache"):
-            outs = read_ranks(work / "jobs" / name / "out", args.nproc)
-            read = [o.get("megacache_bytes_read", 0) for o in outs if o]
-            written = [o.get("megacache_bytes_written", 0) for o in outs if o]
+            outs = harness.read_ranks(work / "jobs" / name / "out", args.nproc).values()
+            read = [o.get("megacache_bytes_read", 0) for o in outs]
+            written = [o.get("megacache_bytes_written", 0) for o in outs]
             res["store_bytes_read"] = sum(read)
             res["megacache_bytes_written"] = sum(written)
             res["store_requests_per_rank"] = (sum(1 for b in read if b)
@@ -319,10 +283,6 @@ def derive(rows: dict[str, dict], nproc: int) -> dict[str, Any]:
             "targets": targets}
 
 
-def _f(x: Any, fmt: str = "{:.2f}") -> str:
-    return "—" if x is None else fmt.format(x)
-
-
 def _ms(s: float | None) -> str:
     return "—" if s is None else f"{s * 1e3:.0f}"
 
@@ -338,37 +298,33 @@ def _bytes(n: Any) -> str:
 
 
 def markdown(report: dict) -> str:
-    m = report["machine"]
+    m, f = report["machine"], harness.fmt
     lines = [
         f"Machine **{report['machine_name']}**: {m.get('cpu_count')} CPU cores, "
         f"{m.get('cuda_device') or 'no GPU'}, torch {m.get('torch')}, {report['time']}. "
         f"{report['nproc']} ranks, examples/train.py `{report['train_args']}`, "
         f"{report['steps']} steps.", "",
-        "| row | status | step 1 (s) | × floor | CPU s (sum) | compile CPU s | store bytes read "
-        "| store requests / rank |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in report["rows"].values():
-        lines.append(
-            f"| {r['name']} | {r['status']} | {_f(r.get('time_to_step1_s'))} | "
-            f"{_f(r.get('ratio_to_floor'))} | {_f(r.get('cpu_s_sum'), '{:.1f}')} | "
-            f"{_f(r.get('compile_cpu_s_sum'), '{:.1f}')} | {_bytes(r.get('store_bytes_read'))} "
-            f"| {_f(r.get('store_requests_per_rank'), '{:.1f}')} |")
+    lines += harness.md_table(
+        ["row", "status", "step 1 (s)", "× floor", "CPU s (sum)", "compile CPU s",
+         "store bytes read", "store requests / rank"],
+        ([r["name"], r["status"], f(r.get("time_to_step1_s")), f(r.get("ratio_to_floor")),
+          f(r.get("cpu_s_sum"), "{:.1f}"), f(r.get("compile_cpu_s_sum"), "{:.1f}"),
+          _bytes(r.get("store_bytes_read")), f(r.get("store_requests_per_rank"), "{:.1f}")]
+         for r in report["rows"].values()), align="ll" + "r" * 6)
     lines += ["", "Targets:", ""]
     for k, v in report["derived"]["targets"].items():
-        lines.append(f"- {k}: {_f(v['value'])} — {'met' if v['met'] else 'NOT met'}")
+        lines.append(f"- {k}: {f(v['value'])} — {'met' if v['met'] else 'NOT met'}")
     if report.get("scale"):
         lines += ["", "Fake-compile scale test (threads as ranks, one process per node, one "
-                  "TCPStore; store GETs per object = object downloads / objects):", "",
-                  "| ranks | nodes | compiles / key | GETs / object | overhead / key median "
-                  "(ms) | p99 (ms) | wall (s) | ideal (s) |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for lv in report["scale"]:
-            lines.append(
-                f"| {lv['ranks']} | {lv['nodes']} | {lv['compiles_per_key']:.2f} | "
-                f"{_f(lv['gets_per_object'])} | {_ms(lv['overhead_median_s'])} | "
-                f"{_ms(lv['overhead_p99_s'])} | "
-                f"{lv['wall_s']:.2f} | {lv['ideal_wall_s']:.2f} |")
+                  "TCPStore; store GETs per object = object downloads / objects):", ""]
+        lines += harness.md_table(
+            ["ranks", "nodes", "compiles / key", "GETs / object",
+             "overhead / key median (ms)", "p99 (ms)", "wall (s)", "ideal (s)"],
+            ([lv["ranks"], lv["nodes"], f"{lv['compiles_per_key']:.2f}",
+              f(lv["gets_per_object"]), _ms(lv["overhead_median_s"]),
+              _ms(lv["overhead_p99_s"]), f"{lv['wall_s']:.2f}", f"{lv['ideal_wall_s']:.2f}"]
+             for lv in report["scale"]), align="r" * 8)
     return "\n".join(lines) + "\n"
 
 
@@ -386,7 +342,7 @@ def chart(report: dict, path: Path) -> None:
         if t is not None:
             color = "tab:green" if r["name"].startswith("ours") else "tab:blue"
             ax1.barh(i, t, color=color)
-            ax1.text(t, i, f" {t:.1f}s ({_f(r.get('ratio_to_floor'))}×)", va="center",
+            ax1.text(t, i, f" {t:.1f}s ({harness.fmt(r.get('ratio_to_floor'))}×)", va="center",
                      fontsize=8)
         elif r.get("exit", 0) is None:
             ax1.barh(i, r["wall_s"], color="tab:red", hatch="//", alpha=0.6)
@@ -438,18 +394,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-dir", default=str(RESULTS))
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     p.add_argument("--from-json", default=None, help="re-derive and re-render a saved report")
-    a = p.parse_args(argv)
-    unknown = set(a.rows.split(",")) - set(ROWS)
-    if unknown:
-        p.error(f"unknown rows {sorted(unknown)}; choose from {ROWS}")
-    return a
-
-
-def machine_name(info: dict) -> str:
-    if info.get("cuda_device"):
-        gpu = info["cuda_device"].replace("NVIDIA ", "").split()[0]
-        return f"{info.get('cuda_device_count')}x{gpu}"
-    return f"cpu{info.get('cpu_count')}"
+    return harness.parse_rows(p, argv, ROWS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -459,8 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         report["derived"] = derive(report["rows"], report["nproc"])
         write_outputs(report, Path(args.from_json).with_suffix(""))
         return 0
-    info = bench_coldwarm.machine_info()
-    name = args.machine or machine_name(info)
+    info = harness.machine_info()
+    name = args.machine or harness.machine_name(info)
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     print(f"work dir {work}", flush=True)
     servers = Servers(work)
@@ -498,10 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         r.pop("coordinator_stats", None)  # summed into "store" and "coordinator"
     write_outputs(report, stem)
     failed = any(not r.get("ok") for r in rows.values() if r["name"] != "megacache-broadcast")
-    if args.keep or failed:
-        print(f"kept {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
+    harness.clean_up(work, args.keep or failed)
     return 0
 
 

@@ -17,51 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import platform
 import shlex
-import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-TRAIN = REPO / "examples" / "train.py"
+import harness
+
 ROWS = ("uncoordinated-cold", "warm-local", "cold", "warm-store")
-# Environment that would leak caches or a store into a row that must not see them.
-_SCRUB = (
-    "TORCHINDUCTOR_CACHE_DIR",
-    "TRITON_CACHE_DIR",
-    "PT2CC_CACHE",
-    "PT2CC_NODE_CACHE_DIR",
-    "PT2CC_T0",
-)
-
-
-def wait_or_kill(proc: subprocess.Popen, timeout: float, grace_s: float) -> int | None:
-    """The job's exit status, or None when it ran past `timeout` and was ended.
-
-    The job has its own session: SIGTERM to it and its workers (and only those), then
-    SIGKILL after `grace_s`.
-    """
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        return None
+TRAIN = str(harness.TRAIN.relative_to(harness.REPO))
 
 
 @dataclass
@@ -113,78 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per torchrun job")
     p.add_argument("--json", default=None, help="default: docs/results/bench-coldwarm-<host>.json")
     p.add_argument("--keep", action="store_true", help="keep temp dirs (logs, store, caches)")
-    args = p.parse_args(argv)
-    unknown = set(args.rows.split(",")) - set(ROWS)
-    if unknown:
-        p.error(f"unknown rows {sorted(unknown)}; choose from {ROWS}")
-    return args
-
-
-def sum_rank_files(prefix: Path, nproc: int) -> dict[str, float] | None:
-    """Sum the numeric fields of ``<prefix>.rank<R>.json`` over ranks; None if none exist."""
-    totals: dict[str, float] = {}
-    found = False
-    for rank in range(nproc):
-        path = Path(f"{prefix}.rank{rank}.json")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        found = True
-        for key, value in _flatten(data):
-            totals[key] = totals.get(key, 0.0) + value
-    return totals if found else None
-
-
-def _flatten(data: Any, prefix: str = "") -> list[tuple[str, float]]:
-    """Numeric leaves of nested dicts as dotted keys; rank ids and non-numbers are skipped."""
-    out: list[tuple[str, float]] = []
-    if isinstance(data, dict):
-        for k, v in data.items():
-            if k in ("rank", "world_size", "local_rank"):
-                continue
-            out.extend(_flatten(v, f"{prefix}{k}."))
-    elif isinstance(data, (int, float)) and not isinstance(data, bool):
-        out.append((prefix.rstrip("."), float(data)))
-    return out
-
-
-def max_time_to_step1(prefix: Path, nproc: int) -> float | None:
-    """The job reaches its first step when its slowest rank does."""
-    times = []
-    for rank in range(nproc):
-        try:
-            t = json.loads(Path(f"{prefix}.rank{rank}.json").read_text())["time_to_step1_s"]
-        except (OSError, ValueError, KeyError):
-            return None
-        if t is None or not math.isfinite(t):
-            return None
-        times.append(float(t))
-    return max(times) if times else None
-
-
-def _worker_error(path: Path, lines: int = 10) -> str:
-    """The workers' last output before torchrun's own failure report, which says nothing."""
-    try:
-        text = path.read_text(errors="replace").splitlines()[1:]  # [0] is the command
-    except OSError:
-        return ""
-    for i, line in enumerate(text):
-        agent_traceback = line.startswith("Traceback") and any(
-            "distributed/run.py" in later or "distributed/elastic/" in later
-            for later in text[i + 1 : i + 6]
-        )
-        agent_line = any(
-            m in line for m in ("failed (exitcode:", "ChildFailedError", "death signal")
-        )
-        if agent_traceback or agent_line:
-            text = text[:i]
-            break
-    deduped: list[str] = []  # every rank tends to print the same error
-    for line in text:
-        if line not in deduped[-4:]:
-            deduped.append(line)
-    return "\n".join("  " + line for line in deduped[-lines:])
+    return harness.parse_rows(p, argv, ROWS)
 
 
 def run_job(
@@ -197,52 +94,27 @@ def run_job(
     store: Path | None,
     timeout: float,
 ) -> RunResult:
-    """Run one torchrun job; caches holds this node's local caches (reused for warm-local)."""
+    """Run one torchrun job; caches is this node (reused for warm-local)."""
     jobdir = workdir / name
-    jobdir.mkdir(parents=True, exist_ok=True)
-    out_prefix = jobdir / "out"
-    log = jobdir / "log.txt"
-    tmpdir = jobdir / "tmp"
-    tmpdir.mkdir(exist_ok=True)
-
-    env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
-    env["TORCHINDUCTOR_CACHE_DIR"] = str(caches / "inductor")
-    env["TRITON_CACHE_DIR"] = str(caches / "triton")
-    env["TMPDIR"] = str(tmpdir)  # a fresh node also has a fresh /tmp
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    cmd += ["--nproc-per-node", str(nproc)]
+    out_prefix, log = jobdir / "out", jobdir / "log.txt"
+    cmd = harness.torchrun(nproc)
     stats_file: Path | None = None
     if store is not None:
         stats_file = workdir / f"{name}.stats.json"
-        env["PT2CC_NODE_CACHE_DIR"] = str(caches / "node")
-        cmd += ["-m", "coordinator", "--cache", store.as_uri(), "--stats-file", str(stats_file)]
-        cmd += [str(TRAIN.relative_to(REPO))]
-    else:
-        cmd += [str(TRAIN.relative_to(REPO))]
-    cmd += train_argv + ["--out", str(out_prefix)]
-
+        cmd += harness.coordinator(store.as_uri(), stats_file)
+    cmd += [TRAIN, *train_argv, "--out", str(out_prefix)]
     print(f"[{name}] {shlex.join(cmd)}", flush=True)
-    with log.open("w") as logf:
-        logf.write(shlex.join(cmd) + "\n")
-        logf.flush()
-        # Taken last so that torchrun's own start-up is part of time-to-first-step.
-        env["PT2CC_T0"] = repr(time.time())
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        rc = wait_or_kill(proc, timeout, grace_s=30)
-    wall = time.perf_counter() - t0
-
+    rc, wall = harness.run(cmd, harness.job_env(caches), log, timeout, grace_s=30)
     if rc != 0:
         why = f"timed out after {timeout:.0f}s (killed)" if rc is None else f"exit status {rc}"
         return RunResult(
-            False, wall, error=f"{why}; log {log}:\n{_worker_error(log)}", log=str(log)
+            False, wall, error=f"{why}; log {log}:\n{harness.worker_error(log)}", log=str(log)
         )
-    step1 = max_time_to_step1(out_prefix, nproc)
-    stats = sum_rank_files(stats_file, nproc) if stats_file is not None else None
+    step1 = harness.time_to_step1(harness.read_ranks(out_prefix, nproc), nproc)
+    stats = None
+    if stats_file is not None:
+        found = harness.read_ranks(stats_file, nproc)
+        stats = harness.sum_numbers(found.values()) if found else None
     if step1 is None:
         err = f"exit 0 but no time_to_step1_s in {out_prefix}.rank*.json; log {log}"
         return RunResult(False, wall, stats=stats, error=err, log=str(log))
@@ -289,24 +161,6 @@ def run_once(args: argparse.Namespace, rows: dict[str, Row], base: Path, rep: in
         else:
             failed.add(name)
             print(f"[{name}] FAILED: {result.error}", flush=True)
-
-
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-    }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["cuda_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-        info["cuda_device_count"] = torch.cuda.device_count()
-    except Exception as exc:  # the table matters more than this metadata
-        info["torch_error"] = repr(exc)
-    return info
 
 
 def _fmt(x: float | None, unit: str = "s") -> str:
@@ -358,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = print_table(rows, args.nproc)
 
     json_path = Path(
-        args.json or REPO / "docs" / "results" / f"bench-coldwarm-{socket.gethostname()}.json"
+        args.json or harness.RESULTS / f"bench-coldwarm-{socket.gethostname()}.json"
     )
     report = {
         "benchmark": "bench_coldwarm",
@@ -368,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps,
         "train_args": args.train_args,
         "repeat": args.repeat,
-        "machine": machine_info(),
+        "machine": harness.machine_info(),
         "rows": [
             {
                 "name": row.name,
@@ -396,10 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {json_path}")
     failed = any(row.errors() for row in rows.values())
-    if args.keep or failed:
-        print(f"kept {base}" + (" (a row failed: its log is there)" if failed else ""))
-    else:
-        shutil.rmtree(base, ignore_errors=True)
+    harness.clean_up(base, args.keep or failed,
+                     " (a row failed: its log is there)" if failed else "")
     return 0
 
 

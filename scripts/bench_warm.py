@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import bench  # scripts/bench.py: rows, servers, machine names
-import bench_coldwarm
+import bench  # scripts/bench.py: rows and servers
+import harness
 
 # PyTorch phases worth a column: where a warm start spends its time.
 TORCH_PHASES = ("_compile.compile_inner", "OutputGraph.call_user_compiler",
@@ -50,7 +50,7 @@ def phases_of(row: dict, outs: list[dict]) -> dict[str, float]:
 
 
 def outs(work: Path, row: str, nproc: int) -> list[dict]:
-    return [o for o in bench.read_ranks(work / "jobs" / row / "out", nproc) if o]
+    return list(harness.read_ranks(work / "jobs" / row / "out", nproc).values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,14 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--train-args", default="")
     p.add_argument("--timeout", type=float, default=900.0)
-    p.add_argument("--out-dir", default=str(bench.RESULTS))
+    p.add_argument("--out-dir", default=str(harness.RESULTS))
     p.add_argument("--label", default="", help="added to the file names (e.g. ddp, fsdp2)")
     args = p.parse_args(argv)
     stores = ["file", "s3"] if args.s3 else ["file"]
     args.rows = ",".join(["none", "warm-local"] + [f"ours-{p}-{s}" for s in stores
                                                    for p in ("cold", "warm")])
-    info = bench_coldwarm.machine_info()
-    name = args.machine or bench.machine_name(info)
+    info = harness.machine_info()
+    name = args.machine or harness.machine_name(info)
     repeats = []
     for rep in range(args.repeat):
         work = Path(tempfile.mkdtemp(prefix=f"bench-warm-{rep}-"))
@@ -113,21 +113,26 @@ def write_report(args: argparse.Namespace, name: str, info: dict, repeats: list[
     return md
 
 
+def _repeat_cells(i: int, rep: dict, stores: list[str]) -> list:
+    """A repeat's row: its floor, then each store's warm time and ratio to that floor."""
+    cells = [i, harness.fmt(rep["warm_local_s"] or None)]
+    for s in stores:
+        r = rep[s]
+        cells += [f"{r['warm_s']:.2f}", f"{r['ratio']:.3f}"] if r["ratio"] else ["—", "—"]
+    return cells
+
+
 def render(report: dict, stores: list[str]) -> str:
     reps = report["repeats"]
     m = report["machine"]
     lines = [f"# Warm start vs warm local caches: {report['machine_name']}", "",
              f"{report['time']}; torch {m.get('torch')}, {report['nproc']} ranks, "
              f"examples/train.py `{report['train_args']}`; time until every rank finished "
-             "step 1, each repeat beside its own warm-local row.", "",
-             "| repeat | warm-local (s) | " + " | ".join(
-                 f"ours warm {s} (s) | ratio {s}" for s in stores) + " |",
-             "|---:|---:|" + "---:|---:|" * len(stores)]
-    for i, r in enumerate(reps):
-        cells = [f"{r[s]['warm_s']:.2f} | {r[s]['ratio']:.3f}" if r[s]["ratio"] else "— | —"
-                 for s in stores]
-        floor = f"{r['warm_local_s']:.2f}" if r["warm_local_s"] else "—"
-        lines.append(f"| {i + 1} | {floor} | " + " | ".join(cells) + " |")
+             "step 1, each repeat beside its own warm-local row.", ""]
+    cols = [c for s in stores for c in (f"ours warm {s} (s)", f"ratio {s}")]
+    lines += harness.md_table(["repeat", "warm-local (s)", *cols],
+                              (_repeat_cells(i + 1, r, stores) for i, r in enumerate(reps)),
+                              align="r" * (2 + len(cols)))
     lines.append("")
     for s in stores:
         ratios = [r[s]["ratio"] for r in reps if r[s]["ratio"]]
@@ -145,12 +150,11 @@ def render(report: dict, stores: list[str]) -> str:
               "compile thread waited for them):", ""]
     names = sorted({k for r in reps for s in stores for k in r[s]["phases"]}
                    | {k for r in reps for k in r["warm_local_phases"]})
-    lines.append("| phase | warm-local | " + " | ".join(f"ours {s}" for s in stores) + " |")
-    lines.append("|---|---:|" + "---:|" * len(stores))
-    for n in names:
-        cells = [statistics.mean(r[s]["phases"].get(n, 0.0) for r in reps) for s in stores]
-        local = statistics.mean(r["warm_local_phases"].get(n, 0.0) for r in reps)
-        lines.append(f"| {n} | {local:.3f} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    lines += harness.md_table(
+        ["phase", "warm-local", *(f"ours {s}" for s in stores)],
+        ([n, f"{statistics.mean(r['warm_local_phases'].get(n, 0.0) for r in reps):.3f}",
+          *(f"{statistics.mean(r[s]['phases'].get(n, 0.0) for r in reps):.3f}"
+            for s in stores)] for n in names), align="lr" + "r" * len(stores))
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,7 @@ c10d rendezvous on loopback, each its own node dirs and half of the GPUs):
   Per node: the store's object fetches (sum of `store.fetches` over the node's ranks)
   against the objects in the store. The claim: GETs per object = nodes, not ranks.
 
-Every job runs under tests/cuda/job_wrapper.py (PyTorch's own counters at exit, for the
+Every job runs under scripts/bench/counters.py (PyTorch's own counters at exit, for the
 uncoordinated rows too), has a deadline, and a failed row is recorded and the run goes
 on. Results are rewritten after every row: <out-dir>/gpu-scale.json and gpu-scale.md.
 Without CUDA it runs on CPU (gloo) with N=2 and a tiny model, to check the script itself.
@@ -31,7 +31,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,26 +39,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "cuda"))
-sys.path.insert(0, str(REPO / "scripts"))
+import harness
 
-from cuda_jobs import _SCRUB, SAFE_ENV, TRAIN, WRAPPER, _kill_group, node_env  # noqa: E402
-from gpu_validate import machine  # noqa: E402
-
-RESULTS = REPO / "docs" / "results"
+RESULTS, TRAIN = harness.RESULTS, harness.TRAIN
 GPU_TRAIN_ARGS = "--layers 6 --d-model 768 --heads 12 --seq 512 --batch 8 --steps 3"
 CPU_TRAIN_ARGS = "--layers 1 --d-model 32 --heads 2 --seq 16 --batch 2 --steps 2"
 
 
 def say(msg: str) -> None:
     print(f"[scale {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def visible_gpus(count: int) -> list[str]:
@@ -86,39 +74,19 @@ class Node:
 
     def start(self, *, nproc: int, train_args: list[str], cache: str | None,
               t0: float, gpus: list[str] | None, rdzv: dict[str, Any] | None) -> None:
-        cmd = [sys.executable, "-m", "torch.distributed.run"]
-        if rdzv is None:
-            cmd += ["--standalone"]
-        else:
-            cmd += ["--nnodes", str(rdzv["nnodes"]), "--node-rank", str(rdzv["rank"]),
-                    "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{rdzv['port']}",
-                    "--rdzv-id", rdzv["id"],
-                    # node 0 hosts the rendezvous store; the other only connects to it
-                    "--rdzv-conf", f"is_host={1 if rdzv['rank'] == 0 else 0}",
-                    "--local-addr", "127.0.0.1"]
-        cmd += ["--nproc-per-node", str(nproc)]
+        cmd = harness.torchrun(nproc, rdzv)
         if cache is not None:
-            cmd += ["-m", "coordinator", "--cache", cache, "--stats-file",
-                    str(self.dir / "stats"), "--tag", TRAIN.stem]
-        cmd += [str(WRAPPER), str(TRAIN), *train_args, "--out", str(self.dir / "out")]
-        env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
-        env.update(SAFE_ENV)
-        env.update(node_env(self.node_dir))
-        env.update({
+            cmd += harness.coordinator(cache, self.dir / "stats", tag=TRAIN.stem)
+        cmd += [str(harness.COUNTERS_WRAPPER), str(TRAIN), *train_args,
+                "--out", str(self.dir / "out")]
+        env = harness.job_env(self.node_dir, {
             "OMP_NUM_THREADS": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONPATH": os.pathsep.join([str(REPO), str(WRAPPER.parent)]
-                                          + [p for p in [os.environ.get("PYTHONPATH")] if p]),
-            "PT2CC_TEST_COUNTERS": str(self.dir / "counters"),
-            "PT2CC_T0": repr(t0),
+            "PT2CC_BENCH_COUNTERS": str(self.dir / "counters"),
         })
         if gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-        with self.log.open("w") as f:
-            f.write(shlex.join(cmd) + "\n")
-            f.flush()
-            self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=f,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = harness.start(cmd, env, self.log, t0)
 
     def poll(self) -> int | None:
         if self.proc is not None and self.returncode is None:
@@ -127,28 +95,14 @@ class Node:
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            _kill_group(self.proc)
+            harness.kill_group(self.proc)
             self.killed = True
         if self.proc is not None:
             self.returncode = self.proc.poll()
 
-    def read(self, stem: str) -> dict[int, dict]:
-        found = {}
-        for path in sorted(self.dir.glob(f"{stem}.rank*.json")):
-            try:
-                rec = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            rank = path.name.removeprefix(f"{stem}.rank").removesuffix(".json")
-            if rank.isdigit():
-                found[int(rank)] = rec
-        return found
-
-    def tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return "(no log)"
+    def read(self, stem: str, nproc: int) -> dict[int, dict]:
+        """This node's `<stem>.rank<R>.json` files (R: global ranks, < nproc in all)."""
+        return harness.read_ranks(self.dir / stem, nproc)
 
 
 def wait_nodes(name: str, nodes: list[Node], nproc: int, timeout: float,
@@ -169,7 +123,7 @@ def wait_nodes(name: str, nodes: list[Node], nproc: int, timeout: float,
         if failed_at is None and any(c not in (None, 0) for c in codes):
             failed_at = now
             say(f"{name}: a node exited {codes}; the others get {grace_s:.0f} s")
-        if done_at is None and sum(len(n.read("out")) for n in nodes) >= nproc:
+        if done_at is None and sum(len(n.read("out", nproc)) for n in nodes) >= nproc:
             done_at = now
         if done_at is not None and now >= done_at + grace_s:
             say(f"{name}: every rank wrote its results {now - done_at:.0f} s ago but "
@@ -210,7 +164,7 @@ def summarize(name: str, part: str, nodes: list[Node], nproc: int, wall_s: float
     counters: dict[int, dict] = {}
     per_node = []
     for n in nodes:
-        o, s, c = n.read("out"), n.read("stats"), n.read("counters")
+        o, s, c = (n.read(stem, nproc) for stem in ("out", "stats", "counters"))
         outs.update(o)
         stats.update(s)
         counters.update(c)
@@ -272,7 +226,7 @@ def summarize(name: str, part: str, nodes: list[Node], nproc: int, wall_s: float
             abs(a - b) for a, b in zip(losses, base_losses, strict=True))
     if not ok:
         row["error"] = {n.label: f"exit {n.returncode}{' (killed)' if n.killed else ''}; "
-                        f"log tail:\n{n.tail()}" for n in nodes}
+                        f"log tail:\n{harness.log_tail(n.log)}" for n in nodes}
     return row
 
 
@@ -323,7 +277,7 @@ class Runner:
                                gpus=self.gpus, rdzv=None)
             else:
                 half = nproc // 2
-                rdzv = {"nnodes": 2, "port": free_port(),
+                rdzv = {"nnodes": 2, "port": harness.free_port(),
                         "id": f"{name}-{uuid.uuid4().hex[:8]}"}
                 for i, node in enumerate(nodes):
                     gpus = self.gpus[i * half:(i + 1) * half] if self.gpus else None
@@ -358,6 +312,44 @@ def _f(v: Any, fmt: str = "{:.2f}") -> str:
     return fmt.format(v) if isinstance(v, float) else str(v)
 
 
+def _cells(r: dict[str, Any], n: int) -> list[str]:
+    """A row's cells in the table of its part."""
+    if r.get("skipped"):
+        return [r["name"], f"skipped: {r['skipped']}", *[""] * 7]
+    t1 = r.get("time_to_step1_s")
+    killed = any(x.get("killed") for x in r.get("nodes", []))
+    state = f"{t1:.2f} s" if t1 else ("killed at its deadline" if killed else "FAILED")
+    if r.get("exit_hang"):
+        state += " (a rank hung at exit: killed)"
+    if r.get("counter_ranks") is not None and r.get("counter_ranks") != n:
+        state += f" (counters of {r['counter_ranks']} of {n} ranks)"
+    fetch = "n/a"
+    if "store_fetches" in r:
+        per = " + ".join(str(p["store_fetches"]) for p in r["nodes"])
+        fetch = f"{per} / {r.get('store_objects')}"
+    return [r["name"], state, _f(r.get("fxgraph_cache_miss"), "{:.0f}"),
+            _f(r.get("fxgraph_cache_hit"), "{:.0f}"), _f(r.get("waits"), "{:.0f}"),
+            _f(r.get("waited_s"), "{:.1f} s"), fetch,
+            _f(r.get("loss_max_abs_diff_vs_uncoordinated"), "{:.2e}"),
+            _f(r.get("job_wall_s"), "{:.1f} s")]
+
+
+def _per_node(r: dict[str, Any], n: int) -> str:
+    """A two-node row's fetches per node, against the claim: at most once per node."""
+    objs = r["store_objects"]
+    per = "; ".join(
+        f"{p['node']} (ranks {','.join(map(str, p['ranks']))}): "
+        f"{p['store_fetches']} fetches = {p.get('gets_per_object', 'n/a')} per "
+        f"object, {p.get('store_bytes_read', 0) / 1e6:.1f} MB read, "
+        f"{p.get('store_node_cache_hits', 0)} node-tier hits"
+        for p in r["nodes"])
+    worst = max((p["store_fetches"] or 0) / objs for p in r["nodes"])
+    return (f"- {r['name']}: {objs} objects ({r.get('store_bytes', 0) / 1e6:.1f} MB) "
+            f"in the store; {per}. Claim (each object fetched at most once per node, "
+            f"whatever the {n // 2} rank(s) per node): "
+            f"{'holds' if worst <= 1 else 'does NOT hold'} (max {worst:.2f}).")
+
+
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     n = report["nproc"]
@@ -377,55 +369,19 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("notes"):
         lines.append("")
     rows = report["rows"]
-    head = ("| row | time to step 1 | FX graphs compiled | FX graphs loaded | waits | waited |"
-            " store fetches / objects | max abs loss diff (rank 0) | job wall |")
-    sep = "| --- " * 9 + "|"
+    head = ["row", "time to step 1", "FX graphs compiled", "FX graphs loaded", "waits", "waited",
+            "store fetches / objects", "max abs loss diff (rank 0)", "job wall"]
     parts = [("one", f"## One node, {n} ranks"),
              ("two", f"## Two simulated nodes of {n // 2} rank(s) each on this host")]
     for part, title in parts:
         prs = [r for r in rows if r["part"] == part]
         if not prs:
             continue
-        lines += [title, "", head, sep]
-        for r in prs:
-            if r.get("skipped"):
-                lines.append(f"| {r['name']} | skipped: {r['skipped']} |" + " |" * 7)
-                continue
-            t1 = r.get("time_to_step1_s")
-            killed = any(x.get("killed") for x in r.get("nodes", []))
-            state = f"{t1:.2f} s" if t1 else ("killed at its deadline" if killed else "FAILED")
-            if r.get("exit_hang"):
-                state += " (a rank hung at exit: killed)"
-            if r.get("counter_ranks") is not None and r.get("counter_ranks") != n:
-                state += f" (counters of {r['counter_ranks']} of {n} ranks)"
-            fetch = "n/a"
-            if "store_fetches" in r:
-                per = " + ".join(str(p["store_fetches"]) for p in r["nodes"])
-                fetch = f"{per} / {r.get('store_objects')}"
-            lines.append(
-                f"| {r['name']} | {state} | {_f(r.get('fxgraph_cache_miss'), '{:.0f}')} | "
-                f"{_f(r.get('fxgraph_cache_hit'), '{:.0f}')} | {_f(r.get('waits'), '{:.0f}')} | "
-                f"{_f(r.get('waited_s'), '{:.1f} s')} | {fetch} | "
-                f"{_f(r.get('loss_max_abs_diff_vs_uncoordinated'), '{:.2e}')} | "
-                f"{_f(r.get('job_wall_s'), '{:.1f} s')} |")
-        lines.append("")
+        lines += [title, "", *harness.md_table(head, (_cells(r, n) for r in prs), spaced=True),
+                  ""]
         if part == "two":
-            for r in prs:
-                objs = r.get("store_objects")
-                if r.get("skipped") or not objs or "store_fetches" not in r:
-                    continue
-                per = "; ".join(
-                    f"{p['node']} (ranks {','.join(map(str, p['ranks']))}): "
-                    f"{p['store_fetches']} fetches = {p.get('gets_per_object', 'n/a')} per "
-                    f"object, {p.get('store_bytes_read', 0) / 1e6:.1f} MB read, "
-                    f"{p.get('store_node_cache_hits', 0)} node-tier hits"
-                    for p in r["nodes"])
-                worst = max((p["store_fetches"] or 0) / objs for p in r["nodes"])
-                lines.append(
-                    f"- {r['name']}: {objs} objects ({r.get('store_bytes', 0) / 1e6:.1f} MB) "
-                    f"in the store; {per}. Claim (each object fetched at most once per node, "
-                    f"whatever the {n // 2} rank(s) per node): "
-                    f"{'holds' if worst <= 1 else 'does NOT hold'} (max {worst:.2f}).")
+            lines += [_per_node(r, n) for r in prs if r.get("store_objects")
+                      and not r.get("skipped") and "store_fetches" in r]
             lines.append("")
     ratios = report.get("ratios") or {}
     if ratios:
@@ -455,12 +411,9 @@ def ratios(report: dict[str, Any]) -> dict[str, float | None]:
 
 def write(report: dict[str, Any], out_dir: Path) -> None:
     report["ratios"] = ratios(report)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in (("gpu-scale.json", json.dumps(report, indent=1, default=str) + "\n"),
-                       ("gpu-scale.md", markdown(report))):
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out_dir / name)
+    harness.write_atomic(out_dir / "gpu-scale.json",
+                         json.dumps(report, indent=1, default=str) + "\n")
+    harness.write_atomic(out_dir / "gpu-scale.md", markdown(report))
 
 
 # -- main ----------------------------------------------------------------------------------
@@ -486,8 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     t_start = time.monotonic()
-    os.environ.update(SAFE_ENV)
-    m = machine()
+    os.environ.update(harness.SAFE_ENV)
+    m = harness.gpu_machine_info()
     cuda_count = int(m.get("gpu_count") or 0)
     notes: list[str] = []
     if cuda_count:

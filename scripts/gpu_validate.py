@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -35,80 +34,53 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "cuda"))
+import harness
 
-from cuda_jobs import SAFE_ENV, TRAIN, Job, start, time_to_step1  # noqa: E402
-
-RESULTS = REPO / "docs" / "results"
+REPO, RESULTS, TRAIN = harness.REPO, harness.RESULTS, harness.TRAIN
+NPROC = 2
 DEFAULT_TRAIN_ARGS = "--layers 6 --d-model 768 --heads 12 --seq 512 --batch 8 --steps 3"
 TARGET_RATIO = 1.10
 
 
-def run_cmd(cmd: list[str]) -> str:
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout.strip()
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"unavailable ({exc})"
-
-
-def machine() -> dict[str, Any]:
-    import importlib.metadata as md
-
-    import torch
-
-    gpus = run_cmd(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                    "--format=csv,noheader"]).splitlines()
-    info: dict[str, Any] = {
-        "gpus": [g.strip() for g in gpus],
-        "gpu_name": gpus[0].split(",")[0].strip() if gpus else None,
-        "driver": gpus[0].split(",")[1].strip() if gpus and "," in gpus[0] else None,
-        "gpu_count": torch.cuda.device_count(),
-        "torch": torch.__version__,
-        "torch_git": getattr(torch.version, "git_version", None),
-        "cuda_runtime": torch.version.cuda,
-        "triton": _version(md, "triton"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "s3fs": _version(md, "s3fs"),
-        "moto": _version(md, "moto"),
-    }
-    return info
-
-
-def _version(md: Any, name: str) -> str | None:
-    try:
-        return md.version(name)
-    except md.PackageNotFoundError:
-        return None
-
-
 # -- benchmark --------------------------------------------------------------------------
 
-def _row(name: str, job: Job | None, skipped: str | None = None) -> dict[str, Any]:
-    if job is None:
-        return {"name": name, "ok": False, "skipped": skipped}
-    per_rank = [o.get("time_to_step1_s") for o in job.outs]
+def run_row(name: str, work: Path, node: Path, train_args: list[str], cache: str | None,
+            env: dict[str, str] | None, timeout: float) -> dict[str, Any]:
+    """One 2-rank job of train.py on `node`, and its row. Rows with `env` (switches of
+    scripts/bench/counters.py) run under that wrapper, which also records PyTorch's
+    counters; the others run train.py bare, as users do."""
+    out = work / name
+    cmd = harness.torchrun(NPROC)
+    if cache is not None:
+        cmd += harness.coordinator(cache, out / "stats", tag=TRAIN.stem if env else None)
+    cmd += [str(harness.COUNTERS_WRAPPER)] if env else []
+    cmd += [str(TRAIN), *train_args, "--out", str(out / "out")]
+    extra = {"OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+    if env:
+        extra["PT2CC_BENCH_COUNTERS"] = str(out / "counters")
+    rc, wall = harness.run(cmd, harness.job_env(node, extra), out / "log.txt", timeout)
+    outs = harness.read_ranks(out / "out", NPROC)
+    stats = list(harness.read_ranks(out / "stats", NPROC).values())
+    counters = list(harness.read_ranks(out / "counters", NPROC).values())
+    ok = rc == 0 and len(outs) == NPROC
     row: dict[str, Any] = {
         "name": name,
-        "ok": job.ok,
-        "time_to_step1_s": time_to_step1(job) if job.ok else None,
-        "time_to_step1_s_per_rank": per_rank,
-        "step_times_s_rank0": job.outs[0].get("step_times_s") if job.outs else None,
-        "job_wall_s": round(job.wall_s, 2),
+        "ok": ok,
+        "time_to_step1_s": harness.time_to_step1(outs, NPROC) if ok else None,
+        "time_to_step1_s_per_rank": harness.by_rank(outs, NPROC, "time_to_step1_s"),
+        "step_times_s_rank0": outs.get(0, {}).get("step_times_s") if outs else None,
+        "job_wall_s": round(wall, 2),
     }
-    if job.stats:
+    if stats:
         keep = ("fxgraph_cache_miss", "fxgraph_cache_hit", "fxgraph_cache_bypass",
                 "autograd_cache_miss", "autograd_cache_hit", "autograd_cache_bypass",
                 "waits", "waited_s", "published", "loaded", "store_errors")
-        row["coordinator_stats"] = [{k: s.get(k) for k in keep} for s in job.stats]
-    if job.counters:
-        row["autograd_cache_bypass_reasons"] = job.counters[0].get(
-            "autograd_cache_bypass_reasons")
-    if not job.ok:
-        row["killed"] = job.returncode is None
-        row["error"] = f"exit {job.returncode}; log tail:\n{job.tail(3000)}"
+        row["coordinator_stats"] = [{k: s.get(k) for k in keep} for s in stats]
+    if counters:
+        row["autograd_cache_bypass_reasons"] = counters[0].get("autograd_cache_bypass_reasons")
+    if not ok:
+        row["killed"] = rc is None
+        row["error"] = f"exit {rc}; log tail:\n{harness.log_tail(out / 'log.txt')}"
     return row
 
 
@@ -125,26 +97,24 @@ def benchmark(args: argparse.Namespace, work: Path, deadline: float) -> dict[str
             return
         left = deadline - time.monotonic()
         if needs in failed:
-            rows.append(_row(name, None, f"skipped: {needs} failed"))
+            rows.append({"name": name, "ok": False, "skipped": f"skipped: {needs} failed"})
             failed.add(name)
             return
         if left < args.min_job_s:
-            rows.append(_row(name, None, f"skipped: {left:.0f} s of the time budget left"))
+            rows.append({"name": name, "ok": False,
+                         "skipped": f"skipped: {left:.0f} s of the time budget left"})
             failed.add(name)
             return
-        wrap = env is not None  # job_wrapper only where a row needs its switches
         print(f"[bench] {name} ...", flush=True)
-        result = start(name, work, work / node, TRAIN, [*train_args, *extra], cache=cache,
-                       wrap=wrap, probe=False, compile_threads=None, set_t0=True,
-                       env=env, timeout=min(args.job_timeout_s, left)).result()
-        row = _row(name, result)
+        row = run_row(name, work, work / node, [*train_args, *extra], cache, env,
+                      min(args.job_timeout_s, left))
         rows.append(row)
-        if not result.ok:
+        if not row["ok"]:
             failed.add(name)
         t = row["time_to_step1_s"]
         print(f"[bench] {name}: " + (f"step 1 at {t:.2f} s" if t else "FAILED"), flush=True)
 
-    nosplit_env = {"PT2CC_TEST_OPTIMIZE_DDP": "0", "PT2CC_TEST_RANK_TRITON_DIRS": "0"}
+    nosplit_env = {"PT2CC_BENCH_OPTIMIZE_DDP": "0"}
     job("ddp/cold", "n-ddp-cold", ddp)
     job("ddp/uncoordinated-cold", "n-ddp-plain", None)
     job("ddp/warm-store", "n-ddp-fresh", ddp, needs="ddp/cold")
@@ -200,16 +170,7 @@ def run_tests(args: argparse.Namespace, work: Path, timeout_s: float) -> dict[st
     with log.open("w") as f:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        try:
-            rc: int | None = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 15)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                proc.wait()
-            rc = None
+        rc = harness.wait_or_kill(proc, timeout_s, grace_s=20)
     result: dict[str, Any] = {"command": shlex.join(cmd), "exit": rc,
                               "wall_s": round(time.monotonic() - t0, 1),
                               "log_tail": log.read_text(errors="replace")[-4000:]}
@@ -237,6 +198,20 @@ def _junit(path: Path) -> dict[str, Any]:
 
 
 # -- report ------------------------------------------------------------------------------
+
+def _bench_cells(r: dict[str, Any]) -> list[str]:
+    """A benchmark row's cells; per-rank columns are rank0/rank1."""
+    if r.get("skipped"):
+        return [r["name"], r["skipped"], "", "", "", ""]
+    st = r.get("coordinator_stats") or []
+    miss = "/".join(str(s["fxgraph_cache_miss"]) for s in st) or "n/a"
+    hit = "/".join(str(s["fxgraph_cache_hit"]) for s in st) or "n/a"
+    waits = "/".join(f"{s['waits']} ({s['waited_s']:.1f} s)" for s in st) or "n/a"
+    t1 = r.get("time_to_step1_s")
+    failed = "killed at its time limit" if r.get("killed") else "FAILED"
+    return [r["name"], f"{t1:.2f} s" if t1 else failed, miss, hit, waits,
+            f"{r['job_wall_s']:.1f} s"]
+
 
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
@@ -270,22 +245,10 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append("")
     b = report.get("benchmark")
     if b:
-        lines += [f"## First step, examples/train.py `{b['train_args']}`, 2 ranks", "",
-                  "| row | time to step 1 (max over ranks) | graphs compiled per rank | "
-                  "loaded per rank | waits | job wall |",
-                  "| --- | --- | --- | --- | --- | --- |"]
-        for r in b["rows"]:
-            if r.get("skipped"):
-                lines.append(f"| {r['name']} | {r['skipped']} | | | | |")
-                continue
-            st = r.get("coordinator_stats") or []
-            miss = "/".join(str(s["fxgraph_cache_miss"]) for s in st) or "n/a"
-            hit = "/".join(str(s["fxgraph_cache_hit"]) for s in st) or "n/a"
-            waits = "/".join(f"{s['waits']} ({s['waited_s']:.1f} s)" for s in st) or "n/a"
-            t1 = r.get("time_to_step1_s")
-            failed = "killed at its time limit" if r.get("killed") else "FAILED"
-            lines.append(f"| {r['name']} | {f'{t1:.2f} s' if t1 else failed} | {miss} | "
-                         f"{hit} | {waits} | {r['job_wall_s']:.1f} s |")
+        lines += [f"## First step, examples/train.py `{b['train_args']}`, 2 ranks", ""]
+        lines += harness.md_table(
+            ["row", "time to step 1 (max over ranks)", "graphs compiled per rank",
+             "loaded per rank", "waits", "job wall"], map(_bench_cells, b["rows"]), spaced=True)
         ratios = b["warm_store_over_warm_local"]
         lines += ["", f"warm-store / warm-local: DDP {ratios['ddp']}, no DDP {ratios['noddp']} "
                   f"(target <= {ratios['target']}).",
@@ -331,11 +294,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="also pack every job's log and JSON files into PATH (.tar.gz)")
     args = p.parse_args(argv)
 
-    os.environ.update(SAFE_ENV)
+    os.environ.update(harness.SAFE_ENV)
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="gpu-validate-"))
-    report: dict[str, Any] = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                              "argv": sys.argv[1:], "machine": machine(), "work_dir": str(work)}
+    report: dict[str, Any] = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:],
+                              "machine": harness.gpu_machine_info(), "work_dir": str(work)}
     print(json.dumps(report["machine"], indent=1), flush=True)
     if not args.skip_bench:
         bench_deadline = t0 + args.budget_s - (0 if args.skip_tests else args.tests_reserve_s)

@@ -42,13 +42,50 @@ def test_cache_configs_switch_on_and_back() -> None:
     assert inductor_config.fx_graph_remote_cache == before
 
 
-def test_remote_key_matches_what_the_backend_sees() -> None:
-    import torch._inductor.remote_cache as rc
+class Recorder:
+    """Stands in for Artifacts behind the real hooks: records the keys each hook sees."""
 
-    cache = rc.RemoteFxGraphCache.__new__(rc.RemoteFxGraphCache)
-    cache._key_fmt = "pt2:fx-graph-v1::{key}:c1"
-    assert compat.remote_key(cache, "fabc") == "pt2:fx-graph-v1::fabc:c1"
-    assert compat.remote_key(object(), "fabc") == "fabc"
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+
+    def offer_local(self, kind: str, key: str, subdir: str) -> None:
+        self.calls.append(("offer", kind, key))
+
+    def get(self, kind: str, key: str) -> None:
+        self.calls.append(("get", kind, key))
+
+    def put(self, kind: str, key: str, value: bytes) -> None:
+        self.calls.append(("put", kind, key))
+
+    def note_specialised(self, kind: str, key: str) -> None:
+        pass
+
+    def compile_started(self) -> None:
+        pass
+
+    def compile_ended(self) -> None:
+        pass
+
+
+def test_remote_key_matches_what_the_backend_sees(tmp_path, monkeypatch) -> None:
+    """The key we compute before guard evaluation is the one PyTorch's remote cache hands
+    its backend on lookup and publish: otherwise no stored variant would ever be offered."""
+    import torch
+
+    from coordinator import hooks
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # a miss: get and put run
+    recorder = Recorder()
+    undo = hooks.install(recorder)  # type: ignore[arg-type]
+    try:
+        torch._dynamo.reset()
+        torch.compile(lambda x: x.sin() + 1)(torch.ones(3))
+    finally:
+        undo()
+        torch._dynamo.reset()
+    keys = {event: {k for e, kind, k in recorder.calls if e == event and kind == "fxgraph"}
+            for event in ("offer", "get", "put")}
+    assert keys["offer"] and keys["offer"] == keys["get"] == keys["put"], recorder.calls
 
 
 def test_compile_callbacks_survive_dynamo_reset() -> None:

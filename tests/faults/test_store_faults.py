@@ -102,9 +102,11 @@ def test_throttling_bursts(tmp_path: Path, s3_url: str, proxy_factory) -> None:
     common.assert_outputs_are_eager(job)
     common.assert_no_wait_past_deadline(job)
     assert proxy.injected["slowdown"] >= 3, proxy.injected
-    assert sum(s["fxgraph_cache_miss"] for s in job.stats) >= 1
     published = common.digests(s3_url)
-    assert any(kind == "fxgraph" for kind, _, _ in published), published
+    fx_keys = {key for kind, key, _ in published if kind == "fxgraph"}
+    # Throttled, yet each graph compiled once in the job: the other rank loaded it.
+    assert fx_keys and sum(s["fxgraph_cache_miss"] for s in job.stats) == len(fx_keys), (
+        common.brief(job), published)
     common.verify(s3_url)
     assert time.monotonic() - t0 < 180
 
