@@ -79,7 +79,11 @@ class FailOpenStore:
         if self.down:
             return missing
         try:
-            return self._io.submit(fn, *args).result(timeout=self._deadline_s)
+            try:
+                future = self._io.submit(fn, *args)
+            except RuntimeError:  # the interpreter is exiting (atexit): no new threads
+                return fn(*args)
+            return future.result(timeout=self._deadline_s)
         except StoreReadOnly as exc:
             self._failed()
             with self._lock:

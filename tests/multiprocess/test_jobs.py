@@ -70,6 +70,8 @@ def test_warm_job_on_fresh_node_compiles_nothing(train: dict) -> None:
         assert stats["published"] == 0
     assert jobs.kernels_built(train["cxx"]) == []
     assert_same_losses(warm, train["baseline"])
+    # The cold job's rank 0 published a snapshot at exit; one rank of this node unpacked it.
+    assert sum("snapshot_decompress" in s["phases"] for s in warm.stats) == 1, warm.stats
 
 
 def test_one_download_per_node(train: dict) -> None:

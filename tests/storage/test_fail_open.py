@@ -1,0 +1,55 @@
+"""The fail-open wrapper: an outage is a miss and one warning, never an exception."""
+
+import logging
+import time
+
+import faulty_fs
+import pytest
+
+from storage import open_store
+from storage.fail_open import FailOpenStore
+
+FP = "fp"
+faulty_fs.register()
+
+
+def test_an_outage_is_a_miss_then_the_store_is_left_alone(caplog):
+    inner = open_store(f"faulty://fail-open-{time.time_ns()}", fingerprint=FP, retries=2,
+                       timeout_s=1)
+    inner.put("fx", "k", b"v")
+    store = FailOpenStore(inner, deadline_s=5, retry_after_s=60)
+    inner.fs.always = True
+    with caplog.at_level(logging.WARNING):
+        assert store.list_variants("fx", "k") == []
+        assert store.put("fx", "k2", b"v2") is None
+        assert store.list_index() == {}
+    assert store.down and store.failures == 1  # later calls did not even try
+    assert sum("store failed while" in r.message for r in caplog.records) == 1
+
+
+def test_a_refused_write_makes_it_read_only_but_still_readable(caplog):
+    inner = open_store(f"faulty://read-only-{time.time_ns()}", fingerprint=FP, timeout_s=1)
+    digest = inner.put("fx", "k", b"v")
+    store = FailOpenStore(inner, deadline_s=5)
+    inner.fs.error, inner.fs.always = "denied", True
+    with caplog.at_level(logging.WARNING):
+        assert store.put("fx", "k2", b"v2") is None
+        assert store.read_only and not store.down
+        assert store.put("fx", "k3", b"v3") is None  # not tried again
+    inner.fs.always = False
+    assert store.get_object(digest) == b"v"
+    assert sum("publishing nothing more" in r.message for r in caplog.records) == 1
+
+
+def test_calls_still_work_while_the_interpreter_exits(tmp_path):
+    """At exit (atexit: the last snapshot) a thread pool takes no new work: run inline."""
+    store = FailOpenStore(open_store(str(tmp_path), fingerprint=FP), deadline_s=5)
+    store._io.shutdown()
+    assert store.put_snapshot("job", b"snapshot") is not None
+    assert store.get_snapshot("job") == b"snapshot"
+
+
+def test_a_bug_is_not_swallowed(tmp_path):
+    store = FailOpenStore(open_store(str(tmp_path), fingerprint=FP), deadline_s=5)
+    with pytest.raises(TypeError):
+        store.put("fx", "k", None)  # type: ignore[arg-type]
