@@ -13,7 +13,7 @@ import os
 import threading
 import time
 
-from coordinator import compat, envelope
+from coordinator import bundle, compat
 from coordinator.kernels import KernelFiles
 from coordinator.single_flight import SingleFlight, WaitResult
 from coordinator.snapshot import Snapshots
@@ -158,7 +158,7 @@ class Artifacts:
             return
         if kind not in CLAIMING_KINDS and self._published_meanwhile(kind, key, value):
             return
-        digest = self._store.put(kind, key, envelope.pack(value, files))
+        digest = self._store.put(kind, key, bundle.pack(value, files))
         if digest is None:
             return
         self._note_offered(kind, key, digest)
@@ -197,8 +197,8 @@ class Artifacts:
     def _open(self, kind: str, key: str, blob: bytes) -> bytes | None:
         """PyTorch's value inside one stored variant, with its kernel files put in place."""
         try:
-            contents = envelope.unpack(blob)
-        except envelope.EnvelopeError as exc:
+            contents = bundle.unpack(blob)
+        except bundle.BundleError as exc:
             log.warning("ignoring foreign object under %s %s: %s", kind, key, exc)
             return None
         with self._stats.phase("place_kernels"):

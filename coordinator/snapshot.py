@@ -18,7 +18,7 @@ import threading
 import zlib
 from collections.abc import Callable
 
-from coordinator import envelope
+from coordinator import bundle
 from coordinator.kernels import KernelFiles
 from coordinator.stats import RankStats
 from storage.api import Store
@@ -111,7 +111,7 @@ class Snapshots:
             saved = torch.compiler.save_cache_artifacts()
             payload = saved[0] if saved is not None else b""
             manifest = {"entries": dict(self._entry_names)}
-            blob = compress(envelope.pack(payload, self._kernels.all_files(), manifest))
+            blob = compress(bundle.pack(payload, self._kernels.all_files(), manifest))
             if len(blob) > MAX_SNAPSHOT_BYTES:
                 log.warning("snapshot %r would be %d bytes; not publishing it", self._tag,
                             len(blob))
@@ -162,7 +162,7 @@ class Snapshots:
     def _place(self, blob: bytes) -> dict[str, str]:
         """Unpack a snapshot into the local caches; returns its manifest's entry names."""
         with self._stats.phase("snapshot_decompress"):
-            contents = envelope.unpack(decompress(blob))
+            contents = bundle.unpack(decompress(blob))
         with self._stats.phase("snapshot_place_files"):
             placed = self._kernels.place(contents.files)
         if contents.payload:

@@ -20,4 +20,4 @@ class StoreReadOnly(StoreUnavailable):
 
 
 class IntegrityError(StoreError):
-    """An object failed verification (digest, framing or signature); it is never handed out."""
+    """An object failed verification (digest, format or signature); it is never handed out."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import fsspec
 
-from storage import framing
+from storage import sealed
 from storage.errors import IntegrityError
 from storage.layout import (
     INDEX,
@@ -152,7 +152,7 @@ def verify(fs: fsspec.AbstractFileSystem, root: str, retrier: Retrier,
         report.checked += 1
         try:
             blob = retrier.call("read object", lambda p=obj.path: fs.cat_file(p))
-            framing.decode(blob, digest, signing_key)
+            sealed.decode(blob, digest, signing_key)
         except FileNotFoundError:
             continue  # removed since the listing
         except IntegrityError as e:

@@ -10,7 +10,7 @@ from typing import Any
 
 import fsspec
 
-from storage import framing
+from storage import sealed
 from storage.errors import IntegrityError, StoreConfigError, StoreReadOnly, StoreUnavailable
 from storage.layout import Layout, decode_segment, is_digest, is_fingerprint
 from storage.listing import find_files, list_files
@@ -181,7 +181,7 @@ class ArtifactStore:
         if blob is None:
             return None
         try:
-            payload = framing.decode(blob, digest, self._key)
+            payload = sealed.decode(blob, digest, self._key)
         except IntegrityError as e:
             log.warning("node cache copy of %s failed verification (%s); fetching again",
                         digest, e)
@@ -193,7 +193,7 @@ class ArtifactStore:
     def _load_verified(self, digest: str) -> bytes:
         nc = self.node_cache
         if nc is None:
-            return framing.decode(self._fetch(digest), digest, self._key)
+            return sealed.decode(self._fetch(digest), digest, self._key)
         payload = self._from_node_cache(digest)
         if payload is not None:
             return payload
@@ -202,7 +202,7 @@ class ArtifactStore:
             if payload is not None:
                 return payload
             blob = self._fetch(digest)
-            payload = framing.decode(blob, digest, self._key)
+            payload = sealed.decode(blob, digest, self._key)
             try:
                 nc.put(digest, blob)
             except OSError as e:
@@ -244,8 +244,8 @@ class ArtifactStore:
         damaged copy and refreshes its mtime, which keeps `prune` from removing it while
         this entry is being added.
         """
-        digest = framing.digest_of(data)
-        blob = framing.encode(data, self._key)
+        digest = sealed.digest_of(data)
+        blob = sealed.encode(data, self._key)
         obj = self.layout.object_path(digest)
         entry = f"{entry_dir}/{digest}"
         marker = digest.encode()

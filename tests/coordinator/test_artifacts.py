@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator import compat, envelope
+from coordinator import bundle, compat
 from coordinator.artifacts import Artifacts
 from coordinator.kernels import KernelFiles
 from coordinator.single_flight import SingleFlight
@@ -21,7 +21,7 @@ KEY = "pt2:fx-graph-v1::fkey:c1"
 
 def variant(content: bytes, files: dict[str, bytes] | None = None) -> bytes:
     value = json.dumps({"data": base64.b64encode(content).decode(), "time_taken_ms": 1})
-    return envelope.pack(value.encode(), files)
+    return bundle.pack(value.encode(), files)
 
 
 @pytest.fixture

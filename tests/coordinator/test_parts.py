@@ -1,4 +1,4 @@
-"""Config parsing, the envelope format and kernel-library carrying: the small parts."""
+"""Config parsing, the bundle format and kernel-library carrying: the small parts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator import envelope
+from coordinator import bundle
 from coordinator.config import Config
 from coordinator.errors import ConfigError
 from coordinator.kernels import KernelFiles
@@ -45,16 +45,16 @@ def test_sizes() -> None:
         parse_size("lots")
 
 
-def test_envelope_round_trip_and_damage() -> None:
-    blob = envelope.pack(b'{"data": "x"}', {"ab/k.so": b"\x7fELF", "cd/q.so": b""})
-    assert envelope.unpack(blob) == (b'{"data": "x"}', {"ab/k.so": b"\x7fELF", "cd/q.so": b""},
+def test_bundle_round_trip_and_damage() -> None:
+    blob = bundle.pack(b'{"data": "x"}', {"ab/k.so": b"\x7fELF", "cd/q.so": b""})
+    assert bundle.unpack(blob) == (b'{"data": "x"}', {"ab/k.so": b"\x7fELF", "cd/q.so": b""},
                                      {})
-    with_meta = envelope.pack(b"", {}, {"entries": {"d": "n"}})
-    assert envelope.unpack(with_meta).meta == {"entries": {"d": "n"}}
-    with pytest.raises(envelope.EnvelopeError):
-        envelope.unpack(b"not ours")
-    with pytest.raises(envelope.EnvelopeError):
-        envelope.unpack(blob[:-2])
+    with_meta = bundle.pack(b"", {}, {"entries": {"d": "n"}})
+    assert bundle.unpack(with_meta).meta == {"entries": {"d": "n"}}
+    with pytest.raises(bundle.BundleError):
+        bundle.unpack(b"not ours")
+    with pytest.raises(bundle.BundleError):
+        bundle.unpack(blob[:-2])
 
 
 def test_kernel_files_take_new_and_place(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator import envelope
-from storage import framing
+from coordinator import bundle
+from storage import sealed
 from tests.faults import common
 from tests.faults.conftest import copy_store
 
@@ -33,12 +33,12 @@ class _Plant:
 def _plant_object(marker: Path, signing_key: bytes | None) -> tuple[str, bytes]:
     """A store object in the exact format a remote FX-graph lookup hands PyTorch."""
     value = json.dumps({"data": base64.b64encode(pickle.dumps(_Plant(str(marker)))).decode()})
-    payload = envelope.pack(value.encode())
-    return framing.digest_of(payload), framing.encode(payload, signing_key)
+    payload = bundle.pack(value.encode())
+    return sealed.digest_of(payload), sealed.encode(payload, signing_key)
 
 
 def _payload_to_pickle(blob: bytes, digest: str) -> bytes:
-    payload = envelope.unpack(framing.decode(blob, digest, None)).payload
+    payload = bundle.unpack(sealed.decode(blob, digest, None)).payload
     return base64.b64decode(json.loads(payload)["data"])
 
 
@@ -83,6 +83,6 @@ def test_planted_pickles_are_refused_never_unpickled(tmp_path: Path, seed: dict)
     # What this job published is signed with its key and verifies with it.
     mine = {d for kind, _, d in common.digests(str(store)) if kind == "fxgraph"} - set(planted)
     signed = [d for d in mine if list(store.glob(f"v1/*/objects/*/{d}"))
-              and framing.decode(next(store.glob(f"v1/*/objects/*/{d}")).read_bytes(), d,
+              and sealed.decode(next(store.glob(f"v1/*/objects/*/{d}")).read_bytes(), d,
                                  KEY.encode())]
     assert len(signed) >= 2, mine

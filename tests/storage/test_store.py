@@ -7,9 +7,9 @@ import fsspec
 import pytest
 
 from storage import StoreConfigError, open_store
-from storage.framing import digest_of
 from storage.maintenance import scan
 from storage.retry import Retrier
+from storage.sealed import digest_of
 
 FP = "fp-test"
 

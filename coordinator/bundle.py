@@ -1,4 +1,4 @@
-"""What one stored variant holds: PyTorch's cache value plus files it needs beside it.
+"""A bundle: what one stored object holds, PyTorch's value plus files it needs beside it.
 
 PyTorch's entry for an FX graph carries Triton binaries but not the C++ kernel libraries
 the CPU backend builds, so a graph loaded on a fresh node would rebuild every kernel. We
@@ -16,8 +16,8 @@ from typing import Any, NamedTuple
 MAGIC = b"PT2CCE1\n"
 
 
-class EnvelopeError(ValueError):
-    """Bytes that are not an envelope of ours (a foreign or damaged object)."""
+class BundleError(ValueError):
+    """Bytes that are not a bundle of ours (a foreign or damaged object)."""
 
 
 class Contents(NamedTuple):
@@ -39,7 +39,7 @@ def pack(payload: bytes, files: dict[str, bytes] | None = None,
 
 def unpack(blob: bytes) -> Contents:
     if not blob.startswith(MAGIC):
-        raise EnvelopeError("not a pt2cc envelope")
+        raise BundleError("not a pt2cc bundle")
     try:
         (hlen,) = struct.unpack_from(">I", blob, len(MAGIC))
         start = len(MAGIC) + 4
@@ -55,7 +55,7 @@ def unpack(blob: bytes) -> Contents:
         if not isinstance(meta, dict):
             raise TypeError("meta is not a mapping")
     except (struct.error, ValueError, KeyError, TypeError) as exc:
-        raise EnvelopeError(f"damaged envelope: {exc}") from None
+        raise BundleError(f"damaged bundle: {exc}") from None
     if pos != len(blob) or len(payload) != header["payload"]:
-        raise EnvelopeError("envelope length mismatch")
+        raise BundleError("bundle length mismatch")
     return Contents(payload, files, meta)

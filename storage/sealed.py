@@ -1,4 +1,4 @@
-"""The on-store object format: a small header, an optional HMAC, then the payload.
+"""Sealed objects, the on-store format: a small header, an optional HMAC, then the payload.
 
 Artifacts are pickles that carry code, so bytes are handed out only after their sha256
 (and, with a signing key, their HMAC-SHA256) has been checked.
