@@ -1,4 +1,4 @@
-"""Scaling on one host of N GPUs (issue 7): N ranks on one node, and two simulated nodes.
+"""Scaling on one host of N GPUs: N ranks on one node, and two simulated nodes.
 
 Run it through `scripts/gpu-scale [--nproc N] [--out-dir docs/results]` (N: the visible
 GPUs by default, at least 2). Every row is a real `python3 -m torch.distributed.run` job

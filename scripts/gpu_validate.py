@@ -1,4 +1,4 @@
-"""The GPU validation of issue 4 in one run: the CUDA tests and the cold/warm benchmark.
+"""The GPU validation in one run: the CUDA tests and the cold/warm benchmark.
 
 Run it through `scripts/gpu-validate` on a machine with 2 GPUs. It
 1. measures first-step times of examples/train.py at a size whose cold compile takes

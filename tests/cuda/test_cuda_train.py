@@ -2,7 +2,8 @@
 
 One module fixture runs the cold jobs side by side (uncoordinated, coordinated on a local
 store, coordinated on S3), a second one the jobs that follow on fresh nodes; each test
-then checks one claim of issue 4 (a, b, c, f) against what those jobs wrote.
+then checks one promise (one compile per graph, fresh nodes load, losses, S3) against
+what those jobs wrote.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def _lookups(job: Job, rank: int) -> int:
 
 @pytest.mark.parametrize("store", STORES)
 def test_cold_compiles_each_graph_on_one_rank(jobs: SimpleNamespace, store: str) -> None:
-    """(a)/(f) Sum over ranks of FX graph compiles == keys in the store, one variant each."""
+    """Sum over ranks of FX graph compiles == keys in the store, one variant each."""
     job, plain = _job(jobs, f"cold-{store}", store), _job(jobs, "plain")
     keys = jobs.keys_after_cold.get(store, {})
     assert keys, "the cold job published no FX graph"
@@ -100,7 +101,7 @@ def test_cold_compiles_each_graph_on_one_rank(jobs: SimpleNamespace, store: str)
 
 @pytest.mark.parametrize("store", STORES)
 def test_cold_no_triton_kernel_compiled_twice(jobs: SimpleNamespace, store: str) -> None:
-    """(a)/(f) Each rank has its own Triton cache dir: a kernel compiled on both would show."""
+    """Each rank has its own Triton cache dir: a kernel compiled on both would show."""
     job, plain = _job(jobs, f"cold-{store}", store), _job(jobs, "plain")
     compiled = [set(job.compiled_kernels(r)) for r in range(2)]
     needed = set(plain.compiled_kernels(0)) | set(plain.compiled_kernels(1))
@@ -131,7 +132,7 @@ def _no_compile_beyond_pytorch(job: Job, baseline: Job) -> None:
 
 @pytest.mark.parametrize("store", STORES)
 def test_fresh_node_compiles_no_graph(jobs: SimpleNamespace, store: str) -> None:
-    """(b)/(f) A job on a fresh node: no FX graph compiled, no wait, right losses."""
+    """A job on a fresh node: no FX graph compiled, no wait, right losses."""
     job, plain = _job(jobs, f"warm-{store}", store), _job(jobs, "plain")
     for rank in range(2):
         s = job.stats[rank]
@@ -143,12 +144,12 @@ def test_fresh_node_compiles_no_graph(jobs: SimpleNamespace, store: str) -> None
 
 @pytest.mark.parametrize("store", STORES)
 def test_fresh_node_compiles_no_triton_kernel(jobs: SimpleNamespace, store: str) -> None:
-    """(b)/(f) ... and no Triton kernel (each rank's own Triton cache starts empty)."""
+    """... and no Triton kernel (each rank's own Triton cache starts empty)."""
     _no_compile_beyond_pytorch(_job(jobs, f"warm-{store}", store), _job(jobs, "plain-fxonly"))
 
 
 def test_fresh_node_per_key_path_alone(jobs: SimpleNamespace) -> None:
-    """(b) The same without the snapshot: every graph through the per-key lookups."""
+    """The same without the snapshot: every graph through the per-key lookups."""
     job, plain = _job(jobs, "warm-local-nosnap"), _job(jobs, "plain")
     for rank in range(2):
         assert job.stat(rank, "fxgraph_cache_miss") == 0, job.stats[rank]
@@ -157,7 +158,7 @@ def test_fresh_node_per_key_path_alone(jobs: SimpleNamespace) -> None:
 
 
 def test_no_normalization_cuda1_never_loads_cuda0_entries(jobs: SimpleNamespace) -> None:
-    """(c) Without device normalisation rank 1 runs on cuda:1: per-index keys, all misses."""
+    """Without device normalisation rank 1 runs on cuda:1: per-index keys, all misses."""
     job, plain = _job(jobs, "nonorm"), _job(jobs, "plain")
     assert [o["device"] for o in job.outs] == ["cuda:0", "cuda:1"]
     s1 = job.stats[1]
@@ -169,7 +170,7 @@ def test_no_normalization_cuda1_never_loads_cuda0_entries(jobs: SimpleNamespace)
 
 
 def test_no_normalization_cuda0_keys_match_normalized(jobs: SimpleNamespace) -> None:
-    """(c) Rank 0 on cuda:0 finds what the normalised job (every rank on cuda:0) stored."""
+    """Rank 0 on cuda:0 finds what the normalised job (every rank on cuda:0) stored."""
     job, plain = _job(jobs, "nonorm"), _job(jobs, "plain")
     s0 = job.stats[0]
     assert s0["fxgraph_cache_miss"] == 0, s0
