@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from coordinator import fingerprint
+from coordinator import fingerprint, topology
 from coordinator import log as rank_log
 from coordinator.artifacts import Artifacts
 from coordinator.config import Config
@@ -69,15 +69,23 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         elif cache is not None or settings:
             raise ConfigError("pass either a Config or cache/settings, not both")
         rank_log.setup(config.log_level)
-        rank = rank_log.rank()
+        topo = topology.this_process()
+        rank = topo.rank
         stats = RankStats(rank=rank)
         with stats.phase("store_open"):
-            opened = _open_store(config)
-        store = None
+            fields = fingerprint.describe()
+            opened = _open_store(config, fingerprint.fingerprint(fields))
+        store, job_store, how = None, None, "off: no store"
         if opened is not None:
             store = FailOpenStore(opened, deadline_s=config.store_timeout_s * 2)
-        with stats.phase("job_store_connect"):
-            job_store = connect_job_store(config.store_timeout_s) if store is not None else None
+            with stats.phase("job_store_connect"):
+                job_store, how = connect_job_store(config.store_timeout_s, topo)
+        tag = config.tag or derive_tag(sys.argv[0] or "python")
+        if rank == 0:
+            log.info("store %s (%s); snapshot %s; in-job coordination %s", config.cache_url,
+                     fingerprint.readable(fields),
+                     repr(tag) if config.snapshot else "off", "on through " + how
+                     if job_store is not None else how)
         flight = SingleFlight(
             job_store, rank, wait_timeout_s=config.wait_timeout_s,
             stale_after_s=config.stale_after_s, heartbeat_s=config.heartbeat_s,
@@ -87,7 +95,7 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         snapshots = None
         if store is not None and config.snapshot:
             snapshots = Snapshots(
-                store, config.tag or derive_tag(sys.argv[0] or "python"), kernels,
+                store, tag, kernels,
                 publisher=rank == 0, quiet_s=config.snapshot_quiet_s,
                 compiled_count=lambda: stats.published + stats.loaded + stats.materialized,
                 stats=stats, entry_names=entry_names,
@@ -102,8 +110,6 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         undo = hooks.install(artifacts, ddp_graph_split=config.ddp_graph_split)
         _active = _Installation(config, store, flight, stats, snapshots, undo)
         atexit.register(_at_exit)
-        log.debug("installed: store %s, %s", config.cache_url,
-                  "coordinated over the job's c10d store" if flight.coordinated else "no peers")
         return config
 
 
@@ -138,11 +144,9 @@ def _others_can_write(store: ArtifactStore) -> bool:
         return False
 
 
-def _open_store(config: Config) -> ArtifactStore | None:
+def _open_store(config: Config, fp: str) -> ArtifactStore | None:
     from storage import StoreUnavailable, open_store
 
-    fields = fingerprint.describe()
-    fp = fingerprint.fingerprint(fields)
     try:
         store = open_store(
             config.cache_url, fingerprint=fp, node_cache_dir=config.node_cache_dir,
@@ -152,7 +156,7 @@ def _open_store(config: Config) -> ArtifactStore | None:
         log.warning("store %s is unavailable (%s); every rank compiles for itself",
                     config.cache_url, exc)
         return None
-    log.debug("store %s, fingerprint %s (%s)", config.cache_url, fp, fields)
+    log.debug("store %s, fingerprint %s", config.cache_url, fp)
     if rank_log.rank() == 0 and not store.signed and _others_can_write(store):
         log.warning("store %s is unsigned and others can write to it: its artifacts are "
                     "pickles, code that every rank runs. Set PT2CC_SIGNING_KEY or "

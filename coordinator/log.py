@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
+
+from coordinator import topology
 
 _HANDLER_ATTR = "_pt2cc_handler"
 
 
 def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    return topology.this_process().rank
 
 
 def setup(level: str = "INFO") -> None:

@@ -1,13 +1,14 @@
 """One rank compiles a key, the others wait for it: claims on the job's c10d store.
 
-A claim is an atomic `add` on the torchrun agent's TCPStore (our own client connection,
-so it works before or without `init_process_group` and never shares a connection with
-the user's process group). The claimant publishes, then marks the key done; waiters poll
-with non-blocking `check` calls (a blocking `wait` would hold the connection that a
-publishing thread needs). Every wait has a deadline, and a claimant whose heartbeat stops
-moving is taken for dead, so a crash, a compile error or a bypassed cache entry never
-holds anyone for long. Keys are scoped to the torchrun run id and restart count: a
-restarted group never waits on claims of the group it replaced.
+A claim is an atomic `add` on the job's TCPStore (torchrun's agent's, or one rank 0 hosts
+under other launchers), over our own client connection: it works before or without
+`init_process_group` and never shares a connection with the user's process group. The
+claimant publishes, then marks the key done; waiters poll with non-blocking `check` calls
+(a blocking `wait` would hold the connection that a publishing thread needs). Every wait
+has a deadline, and a claimant whose heartbeat stops moving is taken for dead, so a crash,
+a compile error or a bypassed cache entry never holds anyone for long. Keys are scoped to
+the job (torchrun's run id and restart count: a restarted group never waits on claims of
+the group it replaced).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import threading
 import time
 from datetime import timedelta
 from typing import Any
+
+from coordinator.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -33,25 +36,45 @@ class WaitResult(enum.Enum):
     CLAIMANT_DEAD = "claimant-dead"  # its heartbeat stopped
 
 
-def connect_job_store(timeout_s: float) -> Any | None:
-    """A client of the torchrun agent's store, or None outside torchrun."""
+def connect_job_store(timeout_s: float, topo: Topology) -> tuple[Any | None, str]:
+    """A client of the job's c10d store and how it was reached, or None and why not.
+
+    Under torchrun the agent hosts the store. Under another launcher (srun, mpirun, ...)
+    rank 0 hosts it at MASTER_ADDR:MASTER_PORT as a multi-tenant TCPStore, the kind
+    `init_process_group("env://")` creates there: the user's process group later shares
+    rank 0's server instead of failing to bind the port, and claims work from the first
+    compile on, before any process group exists.
+    """
+    if topo.problem is not None:
+        log.warning("inconsistent launcher environment (%s); every rank compiles for itself",
+                    topo.problem)
+        return None, f"off: {topo.problem}"
+    if topo.world_size <= 1:
+        return None, "off: a job of one process"
     addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
-    if not addr or not port or "TORCHELASTIC_RUN_ID" not in os.environ:
-        return None
+    if not addr or not port:
+        log.warning("%d ranks but no MASTER_ADDR/MASTER_PORT to meet at; every rank compiles "
+                    "for itself", topo.world_size)
+        return None, "off: no MASTER_ADDR/MASTER_PORT"
     import torch.distributed as dist
 
+    host = topo.rank == 0 and not topo.agent
     try:
-        store = dist.TCPStore(
-            addr, int(port), is_master=False, timeout=timedelta(seconds=timeout_s),
-            wait_for_workers=False,
-        )
+        store = dist.TCPStore(addr, int(port), is_master=host, multi_tenant=host,
+                              timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
     except Exception as exc:  # noqa: BLE001 - no coordination is better than no job
-        log.warning("cannot reach the job's c10d store at %s:%s (%s); every rank compiles "
-                    "for itself", addr, port, exc)
-        return None
-    run = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    return dist.PrefixStore(f"pt2cc/{run}/{restart}/", store)
+        log.warning("cannot %s the job's c10d store at %s:%s (%s); every rank compiles for "
+                    "itself", "host" if host else "reach", addr, port, exc)
+        return None, f"off: c10d store at {addr}:{port} failed"
+    if topo.agent:
+        scope = "{}/{}".format(os.environ["TORCHELASTIC_RUN_ID"],
+                               os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        how = f"torchrun's c10d store at {addr}:{port}"
+    else:
+        scope = "{}/0".format(os.environ.get("SLURM_JOB_ID") or os.environ.get(
+            "OMPI_COMM_WORLD_JOBID") or "job")
+        how = f"a c10d store rank 0 hosts at {addr}:{port} ({topo.launcher})"
+    return dist.PrefixStore(f"pt2cc/{scope}/", store), how
 
 
 class SingleFlight:

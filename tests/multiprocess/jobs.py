@@ -91,6 +91,33 @@ def run(script: Path, args: list[str], *, node: Path, store: str | None, out: Pa
     return finish(proc, out, nproc=nproc, timeout=timeout, started=t0)
 
 
+def run_without_torchrun(script: Path, args: list[str], *, node: Path, store: str, out: Path,
+                         nproc: int = 2, timeout: float = 400) -> Job:
+    """Ranks started as srun or mpirun start them: one `python -m coordinator` per rank with
+    RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set, and no torchrun agent."""
+    out.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHELASTIC")}
+    env.update(node_env(node), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), WORLD_SIZE=str(nproc),
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    cmd = [sys.executable, "-m", "coordinator", "--cache", store, "--stats-file",
+           str(out / "stats"), str(script), *args, "--out", str(out / "out")]
+    t0 = time.monotonic()
+    procs = [subprocess.Popen(cmd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(nproc)]
+    outputs = []
+    for proc in procs:
+        try:
+            outputs.append(proc.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise AssertionError(f"rank still running after {timeout} s") from None
+    code = next((p.returncode for p in procs if p.returncode), 0)
+    return Job(code, "\n".join(outputs), read_ranks(out, "stats", nproc),
+               read_ranks(out, "out", nproc), time.monotonic() - t0)
+
+
 def read_ranks(out: Path, stem: str, nproc: int) -> list[dict]:
     """The per-rank JSON files `<out>/<stem>.rank<R>.json` that exist, by rank."""
     found = []

@@ -83,6 +83,22 @@ def test_one_download_per_node(train: dict) -> None:
     assert fetches > 0 and fetches == len(cached), (fetches, len(cached))
 
 
+def test_ranks_started_without_torchrun(train: dict, tmp_path: Path) -> None:
+    """As srun or mpirun start them: rank 0 hosts the job's c10d store (the process group
+    shares it), each graph compiles on one rank, and a second job compiles nothing."""
+    store = tmp_path / "store"
+    cold = jobs.run_without_torchrun(jobs.TRAIN, ["--steps", "3"], node=tmp_path / "a",
+                                     store=str(store), out=tmp_path / "cold").check()
+    assert "in-job coordination on through a c10d store rank 0 hosts" in cold.output
+    assert_each_graph_compiled_once(cold, store)
+    assert_same_losses(cold, train["baseline"])
+    warm = jobs.run_without_torchrun(jobs.TRAIN, ["--steps", "3"], node=tmp_path / "b",
+                                     store=str(store), out=tmp_path / "warm").check()
+    for stats in warm.stats:
+        assert stats["fxgraph_cache_miss"] == 0, stats
+    assert_same_losses(warm, train["baseline"])
+
+
 @pytest.fixture(scope="module")
 def scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("scenarios")
