@@ -92,15 +92,21 @@ def run(script: Path, args: list[str], *, node: Path, store: str | None, out: Pa
 
 
 def run_without_torchrun(script: Path, args: list[str], *, node: Path, store: str, out: Path,
-                         nproc: int = 2, timeout: float = 400) -> Job:
-    """Ranks started as srun or mpirun start them: one `python -m coordinator` per rank with
-    RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set, and no torchrun agent."""
+                         nproc: int = 2, timeout: float = 400, launcher: bool = True) -> Job:
+    """Ranks started as srun or mpirun start them: one process per rank with RANK,
+    WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set, and no torchrun agent; each
+    runs `python -m coordinator ... SCRIPT`, or (launcher=False) `python SCRIPT` with the
+    store in PT2CC_CACHE, for a script that installs the coordinator itself."""
     out.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHELASTIC")}
     env.update(node_env(node), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), WORLD_SIZE=str(nproc),
                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    cmd = [sys.executable, "-m", "coordinator", "--cache", store, "--stats-file",
-           str(out / "stats"), str(script), *args, "--out", str(out / "out")]
+    if launcher:
+        cmd = [sys.executable, "-m", "coordinator", "--cache", store, "--stats-file",
+               str(out / "stats"), str(script), *args, "--out", str(out / "out")]
+    else:
+        env.update(PT2CC_CACHE=store, PT2CC_STATS_FILE=str(out / "stats"))
+        cmd = [sys.executable, str(script), *args, "--out", str(out / "out")]
     t0 = time.monotonic()
     procs = [subprocess.Popen(cmd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -99,6 +99,17 @@ def test_ranks_started_without_torchrun(train: dict, tmp_path: Path) -> None:
     assert_same_losses(warm, train["baseline"])
 
 
+def test_a_script_that_installs_the_coordinator_itself(train: dict, tmp_path: Path) -> None:
+    """Launchers that re-execute the script per rank (Lightning) need no `-m coordinator`:
+    `coordinator.install()` at the top of the script, the store in PT2CC_CACHE."""
+    store = tmp_path / "store"
+    job = jobs.run_without_torchrun(Path(jobs.__file__).with_name("installs_itself.py"),
+                                    ["--steps", "3"], node=tmp_path / "a", store=str(store),
+                                    out=tmp_path / "job", launcher=False).check()
+    assert_each_graph_compiled_once(job, store)
+    assert_same_losses(job, train["baseline"])
+
+
 @pytest.fixture(scope="module")
 def scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("scenarios")
