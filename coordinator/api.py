@@ -89,6 +89,7 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         flight = SingleFlight(
             job_store, rank, wait_timeout_s=config.wait_timeout_s,
             stale_after_s=config.stale_after_s, heartbeat_s=config.heartbeat_s,
+            node_dir=config.node_cache_dir,
         )
         kernels = KernelFiles()
         entry_names: dict[str, str] = {}

@@ -134,16 +134,19 @@ class Artifacts:
         self._await_ready()
         if kind not in CLAIMING_KINDS or not self._flight.coordinated:
             return self._take_fresh(kind, key, relist=(kind, key) not in self._relisted)
+        if (kind, key) in self._specialised:
+            # Stored variants carry guards and none fit this rank: a claimant's, built for
+            # its own inputs, would most likely not fit either. Compile now, unless one is
+            # already done (it may have had this rank's sizes).
+            if self._flight.is_done(kind, key):
+                return self._take_fresh(kind, key, relist=True)
+            log.debug("%s %s: variants are specialised and none fits; not waiting", kind, key)
+            self._stats.waits_skipped += 1
+            return None
         if self._flight.claim(kind, key):
             self._stats.claimed += 1
             # Another job may have published it since our index listing.
             return self._take_fresh(kind, key, relist=True)
-        if (kind, key) in self._specialised and not self._flight.is_done(kind, key):
-            # Stored variants carry guards and none fit this rank: the claimant's, built for
-            # its own inputs, would most likely not fit either. Compile now.
-            log.debug("%s %s: variants are specialised and none fits; not waiting", kind, key)
-            self._stats.waits_skipped += 1
-            return None
         start = time.monotonic()
         result = self._flight.wait(kind, key)
         self._waited[(kind, key)] = time.monotonic() - start

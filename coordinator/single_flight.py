@@ -1,33 +1,41 @@
 """One rank compiles a key, the others wait for it: claims on the job's c10d store.
 
 A claim is an atomic `add` on the job's TCPStore (torchrun's agent's, or one rank 0 hosts
-under other launchers), over our own client connection: it works before or without
-`init_process_group` and never shares a connection with the user's process group. The
-claimant publishes, then marks the key done; waiters poll with non-blocking `check` calls
-(a blocking `wait` would hold the connection that a publishing thread needs). Every wait
-has a deadline, and a claimant whose heartbeat stops moving is taken for dead, so a crash,
-a compile error or a bypassed cache entry never holds anyone for long. Keys are scoped to
-the job (torchrun's run id and restart count: a restarted group never waits on claims of
-the group it replaced).
+under other launchers), over our own client connections: it works before or without
+`init_process_group` and never shares a connection with the user's process group.
+
+The job store's load grows with nodes, not ranks: on each node the first rank to miss a
+key takes a node lock (an `flock` in the node cache dir) and alone deals with the job
+store; the node's other ranks wait for that lock, which costs the job store nothing and
+is released the moment the claimant publishes (or the node's representative has loaded,
+or either process died). A representative waits with a blocking `wait` on a connection
+of its own (a wait holds its connection: the heartbeat and publishing use the other),
+waking at once when the claimant marks the key done, and every `stale_after_s / 2` to
+check the claimant's heartbeat. Claimants beat only while they hold a claim. Every wait
+has a deadline. Keys are scoped to the job (torchrun's run id and restart count: a
+restarted group never waits on claims of the group it replaced).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import enum
+import fcntl
+import hashlib
 import logging
 import os
 import threading
 import time
 from datetime import timedelta
-from typing import Any
+from typing import IO, Any
 
 from coordinator.topology import Topology
 
 log = logging.getLogger(__name__)
 
 LOG_EVERY_S = 5.0
-# A waiter loads at most this long after the publish; three small store ops per poll.
-MAX_POLL_S = 0.05
+NODE_POLL_S = 0.02  # a node-local lock is polled; it costs no job-store operation
 
 
 class WaitResult(enum.Enum):
@@ -36,8 +44,16 @@ class WaitResult(enum.Enum):
     CLAIMANT_DEAD = "claimant-dead"  # its heartbeat stopped
 
 
-def connect_job_store(timeout_s: float, topo: Topology) -> tuple[Any | None, str]:
-    """A client of the job's c10d store and how it was reached, or None and why not.
+@dataclasses.dataclass
+class JobStore:
+    """Two client connections to the job's c10d store: a blocking wait holds its own."""
+
+    main: Any  # claims, done marks, heartbeats
+    waits: Any  # blocking waits only
+
+
+def connect_job_store(timeout_s: float, topo: Topology) -> tuple[JobStore | None, str]:
+    """Connections to the job's c10d store and how it was reached, or None and why not.
 
     Under torchrun the agent hosts the store. Under another launcher (srun, mpirun, ...)
     rank 0 hosts it at MASTER_ADDR:MASTER_PORT as a multi-tenant TCPStore, the kind
@@ -59,9 +75,12 @@ def connect_job_store(timeout_s: float, topo: Topology) -> tuple[Any | None, str
     import torch.distributed as dist
 
     host = topo.rank == 0 and not topo.agent
+    timeout = timedelta(seconds=timeout_s)
     try:
-        store = dist.TCPStore(addr, int(port), is_master=host, multi_tenant=host,
-                              timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
+        main = dist.TCPStore(addr, int(port), is_master=host, multi_tenant=host,
+                             timeout=timeout, wait_for_workers=False)
+        waits = dist.TCPStore(addr, int(port), is_master=False, timeout=timeout,
+                              wait_for_workers=False)
     except Exception as exc:  # noqa: BLE001 - no coordination is better than no job
         log.warning("cannot %s the job's c10d store at %s:%s (%s); every rank compiles for "
                     "itself", "host" if host else "reach", addr, port, exc)
@@ -74,30 +93,66 @@ def connect_job_store(timeout_s: float, topo: Topology) -> tuple[Any | None, str
         scope = "{}/0".format(os.environ.get("SLURM_JOB_ID") or os.environ.get(
             "OMPI_COMM_WORLD_JOBID") or "job")
         how = f"a c10d store rank 0 hosts at {addr}:{port} ({topo.launcher})"
-    return dist.PrefixStore(f"pt2cc/{scope}/", store), how
+    prefix = f"pt2cc/{scope}/"
+    return JobStore(dist.PrefixStore(prefix, main), dist.PrefixStore(prefix, waits)), how
+
+
+class NodeLock:
+    """An exclusive `flock` on one file: held by at most one process of the node."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._file: IO[str] | None = None
+
+    def try_acquire(self) -> bool:
+        try:
+            f = open(self._path, "a")  # noqa: SIM115 - held until release()
+        except OSError:
+            return True  # no usable node dir: every rank deals with the job store
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            return False
+        self._file = f
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
 
 
 class SingleFlight:
-    """Claims and waits for one process; `store=None` (no torchrun) grants every claim."""
+    """Claims and waits for one process; `job=None` (no peers) grants every claim."""
 
-    def __init__(self, store: Any | None, rank: int, *, wait_timeout_s: float,
-                 stale_after_s: float, heartbeat_s: float) -> None:
-        self._store = store
+    def __init__(self, job: JobStore | None, rank: int, *, wait_timeout_s: float,
+                 stale_after_s: float, heartbeat_s: float, node_dir: str | None = None) -> None:
+        self._job = job
         self._rank = rank
         self._wait_timeout_s = wait_timeout_s
         self._stale_after_s = stale_after_s
+        self._node_dir = os.path.join(node_dir, ".claims") if node_dir else None
+        if self._node_dir:
+            with contextlib.suppress(OSError):
+                os.makedirs(self._node_dir, exist_ok=True)
         self._held: set[str] = set()
+        self._node_locks: dict[str, NodeLock] = {}  # keys this process stands for on the node
+        self._node_waits: set[str] = set()  # keys another process of the node stands for
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._beating = threading.Event()
         self.waits = 0
         self.waited_s = 0.0
-        if store is not None:
+        self.job_store_ops = 0
+        if job is not None:
             threading.Thread(target=self._beat, args=(heartbeat_s,), name="pt2cc-heartbeat",
                              daemon=True).start()
 
     @property
     def coordinated(self) -> bool:
-        return self._store is not None
+        return self._job is not None
 
     def claim(self, kind: str, key: str) -> bool:
         """True when this rank should compile `key` (it now holds the claim)."""
@@ -105,18 +160,26 @@ class SingleFlight:
         with self._lock:
             if name in self._held:  # the same key looked up again: never wait on ourselves
                 return True
-        if self._store is None:
+        if self._job is None:
             return True
+        node_lock = self._node_lock(name)
+        if node_lock is not None and not node_lock.try_acquire():
+            with self._lock:
+                self._node_waits.add(name)
+            return False
         try:
-            first = self._store.add(f"claim/{name}", 1) == 1
+            first = self._op(self._job.main.add, f"claim/{name}", 1) == 1
             if first:
-                self._store.set(f"owner/{name}", str(self._rank))
+                self._op(self._job.main.set, f"owner/{name}", str(self._rank))
         except Exception as exc:  # noqa: BLE001
             log.warning("c10d store failed while claiming %s (%s); compiling locally", name, exc)
-            return True
-        if first:
-            with self._lock:
+            first = True
+        with self._lock:
+            if node_lock is not None:
+                self._node_locks[name] = node_lock
+            if first:
                 self._held.add(name)
+                self._beating.set()
         return first
 
     def finish(self, kind: str, key: str) -> None:
@@ -138,38 +201,93 @@ class SingleFlight:
 
     def is_done(self, kind: str, key: str) -> bool:
         """Whether the claimant of `key` is done already (one store operation, no wait)."""
-        if self._store is None:
+        if self._job is None:
             return False
         try:
-            return bool(self._store.check([f"done/{kind}/{key}"]))
+            return bool(self._op(self._job.main.check, [f"done/{kind}/{key}"]))
         except Exception as exc:  # noqa: BLE001
             log.warning("c10d store failed while checking %s %s (%s)", kind, key, exc)
             return False
 
     def wait(self, kind: str, key: str) -> WaitResult:
         """Block until the claimant of `key` is done, dead, or the deadline passes."""
-        assert self._store is not None
+        assert self._job is not None
         name = f"{kind}/{key}"
         start = time.monotonic()
-        deadline = start + self._wait_timeout_s
-        owner: str | None = None
-        beat, beat_seen_at = -1, start
-        next_log, poll = start + LOG_EVERY_S, 0.01
         self.waits += 1
         try:
-            while True:
+            with self._lock:
+                on_node = name in self._node_waits
+                self._node_waits.discard(name)
+            if on_node:
+                return self._wait_on_node(name, kind, key, start)
+            return self._wait_on_job(name, kind, key, start)
+        finally:
+            self._release_node_lock(name)
+            self.waited_s += time.monotonic() - start
+
+    def close(self) -> None:
+        self._stop.set()
+        self.finish_all()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _node_lock(self, name: str) -> NodeLock | None:
+        if self._node_dir is None:
+            return None
+        digest = hashlib.sha256(name.encode()).hexdigest()[:40]
+        return NodeLock(os.path.join(self._node_dir, digest))
+
+    def _release_node_lock(self, name: str) -> None:
+        with self._lock:
+            node_lock = self._node_locks.pop(name, None)
+        if node_lock is not None:
+            node_lock.release()
+
+    def _wait_on_node(self, name: str, kind: str, key: str, start: float) -> WaitResult:
+        """Another process of this node deals with the job store: wait for its lock."""
+        node_lock = self._node_lock(name)
+        assert node_lock is not None
+        deadline, next_log = start + self._wait_timeout_s, start + LOG_EVERY_S
+        while not node_lock.try_acquire():
+            now = time.monotonic()
+            if now >= deadline:
+                log.warning("waited %.0f s (the deadline) for another rank of this node on "
+                            "%s %s; compiling locally", now - start, kind, _short(key))
+                return WaitResult.DEADLINE
+            if now >= next_log:
+                log.info("waiting for another rank of this node on %s %s (%.0f s so far)",
+                         kind, _short(key), now - start)
+                next_log = now + LOG_EVERY_S
+            time.sleep(NODE_POLL_S)
+        node_lock.release()  # that process published, loaded, or died: look in the store
+        return WaitResult.DONE
+
+    def _wait_on_job(self, name: str, kind: str, key: str, start: float) -> WaitResult:
+        """This node's representative: one blocking wait for the claimant's done mark (on a
+        thread, over the waits connection) while this thread checks the claimant's
+        heartbeat every stale_after_s / 4. A claimant found dead gets its key marked done,
+        which wakes every waiter of the job."""
+        assert self._job is not None
+        deadline, next_log = start + self._wait_timeout_s, start + LOG_EVERY_S
+        done = self._wait_in_background(f"done/{name}", deadline - start + 1.0)
+        owner: str | None = None
+        beat, beat_seen_at = -1, start
+        main = self._job.main
+        try:
+            while not done.wait(max(0.05, min(self._stale_after_s / 4,
+                                              deadline - time.monotonic()))):
                 now = time.monotonic()
-                if self._store.check([f"done/{name}"]):
-                    return WaitResult.DONE
-                if owner is None and self._store.check([f"owner/{name}"]):
-                    owner = self._store.get(f"owner/{name}").decode()
-                current = int(self._store.add(f"hb/{owner}", 0)) if owner is not None else beat
+                if owner is None and self._op(main.check, [f"owner/{name}"]):
+                    owner = self._op(main.get, f"owner/{name}").decode()
+                current = int(self._op(main.add, f"hb/{owner}", 0)) if owner else beat
                 if current != beat:
                     beat, beat_seen_at = current, now
                 if now - beat_seen_at > self._stale_after_s:
                     who = f"rank {owner}" if owner is not None else "an unknown rank"
                     log.warning("%s's claim on %s %s: no heartbeat for %.0f s; compiling locally",
                                 who, kind, _short(key), now - beat_seen_at)
+                    self._op(main.set, f"done/{name}", f"dead:{owner}")
                     return WaitResult.CLAIMANT_DEAD
                 if now >= deadline:
                     log.warning("waited %.0f s (the deadline) for rank %s to compile %s %s; "
@@ -179,30 +297,47 @@ class SingleFlight:
                     log.info("waiting for rank %s to compile %s %s (%.0f s so far)",
                              owner if owner is not None else "?", kind, _short(key), now - start)
                     next_log = now + LOG_EVERY_S
-                time.sleep(poll)
-                poll = min(poll * 1.5, MAX_POLL_S)
+            return WaitResult.DONE
         except Exception as exc:  # noqa: BLE001 - a broken store must not hang the job
             log.warning("c10d store failed while waiting for %s (%s); compiling locally", name, exc)
             return WaitResult.CLAIMANT_DEAD
-        finally:
-            self.waited_s += time.monotonic() - start
 
-    def close(self) -> None:
-        self._stop.set()
-        self.finish_all()
+    def _wait_in_background(self, key: str, timeout_s: float) -> threading.Event:
+        """An event set once `key` is set: one blocking `wait` on the waits connection."""
+        assert self._job is not None
+        done = threading.Event()
+        waits = self._job.waits
+
+        def block() -> None:
+            with contextlib.suppress(RuntimeError):  # the deadline passed: the caller knows
+                self._op(waits.wait, [key], timedelta(seconds=timeout_s))
+                done.set()
+
+        threading.Thread(target=block, name="pt2cc-wait", daemon=True).start()
+        return done
 
     def _mark_done(self, name: str) -> None:
-        if self._store is None:
-            return
-        try:
-            self._store.set(f"done/{name}", str(self._rank))
-        except Exception as exc:  # noqa: BLE001 - waiters fall back on the heartbeat
-            log.warning("c10d store failed while releasing %s (%s)", name, exc)
+        if self._job is not None:
+            try:
+                self._op(self._job.main.set, f"done/{name}", str(self._rank))
+            except Exception as exc:  # noqa: BLE001 - waiters fall back on the heartbeat
+                log.warning("c10d store failed while releasing %s (%s)", name, exc)
+        self._release_node_lock(name)
+        with self._lock:
+            if not self._held:
+                self._beating.clear()
+
+    def _op(self, fn: Any, *args: Any) -> Any:
+        self.job_store_ops += 1
+        return fn(*args)
 
     def _beat(self, every_s: float) -> None:
+        """Beat while this rank holds a claim: waiters take a silent claimant for dead."""
         while not self._stop.wait(every_s):
+            if not self._beating.is_set():
+                continue
             try:
-                self._store.add(f"hb/{self._rank}", 1)  # type: ignore[union-attr]
+                self._op(self._job.main.add, f"hb/{self._rank}", 1)  # type: ignore[union-attr]
             except Exception as exc:  # noqa: BLE001 - any failure of the job store ends it
                 log.warning("heartbeat stopped: the job's c10d store failed (%s); ranks "
                             "waiting on this rank's compiles will compile themselves", exc)

@@ -60,16 +60,19 @@ def rank_thread(a: argparse.Namespace, rank: int, out: dict) -> None:
 
     from coordinator.artifacts import Artifacts
     from coordinator.kernels import KernelFiles
-    from coordinator.single_flight import SingleFlight
+    from coordinator.single_flight import JobStore, SingleFlight
     from coordinator.stats import RankStats
     from storage import open_store
 
     rank_dir = Path(a.node_dir) / f"rank{rank}"
-    client = dist.TCPStore("127.0.0.1", a.port, is_master=False,
-                           timeout=timedelta(seconds=120), wait_for_workers=False)
-    job = dist.PrefixStore(f"pt2cc/{a.run_id}/0/", client)
+    def connect() -> dist.TCPStore:
+        return dist.TCPStore("127.0.0.1", a.port, is_master=False,
+                             timeout=timedelta(seconds=120), wait_for_workers=False)
+
+    client = connect()
+    job = JobStore(*(dist.PrefixStore(f"pt2cc/{a.run_id}/0/", c) for c in (client, connect())))
     flight = SingleFlight(job, rank, wait_timeout_s=a.wait_timeout, stale_after_s=30.0,
-                          heartbeat_s=2.0)
+                          heartbeat_s=2.0, node_dir=a.node_dir)
     store = open_store(a.store, fingerprint=FINGERPRINT,
                        node_cache_dir=str(Path(a.node_dir) / "objects"))
     stats = RankStats(rank=rank)

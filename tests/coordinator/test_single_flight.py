@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 import torch.distributed as dist
 
-from coordinator.single_flight import SingleFlight, WaitResult
+from coordinator.single_flight import JobStore, SingleFlight, WaitResult
 
 SETTINGS = {"wait_timeout_s": 20.0, "stale_after_s": 2.0, "heartbeat_s": 0.3}
 
@@ -24,10 +24,17 @@ def server() -> dist.TCPStore:
                          timeout=timedelta(seconds=10))
 
 
-def client(server: dist.TCPStore, rank: int, **overrides: float) -> SingleFlight:
-    store = dist.TCPStore("127.0.0.1", server.port, is_master=False,
-                          timeout=timedelta(seconds=10))
-    return SingleFlight(store, rank, **{**SETTINGS, **overrides})
+def connect(port: int) -> JobStore:
+    def one() -> dist.TCPStore:
+        return dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=10))
+
+    return JobStore(one(), one())
+
+
+def client(server: dist.TCPStore, rank: int, node_dir: str | None = None,
+           **overrides: float) -> SingleFlight:
+    return SingleFlight(connect(server.port), rank, node_dir=node_dir,
+                        **{**SETTINGS, **overrides})
 
 
 def test_one_claimant_and_the_waiter_is_let_in_when_it_finishes(server: dist.TCPStore) -> None:
@@ -68,10 +75,11 @@ def test_killed_claimant_is_detected_by_its_silent_heartbeat(server: dist.TCPSto
     code = (
         "import sys, time, torch.distributed as dist\n"
         "from datetime import timedelta\n"
-        "from coordinator.single_flight import SingleFlight\n"
+        "from coordinator.single_flight import JobStore, SingleFlight\n"
         f"s = dist.TCPStore('127.0.0.1', {server.port}, is_master=False, "
         "timeout=timedelta(seconds=10))\n"
-        "f = SingleFlight(s, 0, wait_timeout_s=60, stale_after_s=2, heartbeat_s=0.3)\n"
+        "f = SingleFlight(JobStore(s, s), 0, wait_timeout_s=60, stale_after_s=2, "
+        "heartbeat_s=0.3)\n"
         "assert f.claim('fxgraph', 'k5')\n"
         "print('claimed', flush=True)\n"
         "time.sleep(600)\n"
@@ -96,3 +104,48 @@ def test_without_a_job_store_every_claim_is_granted() -> None:
     solo = SingleFlight(None, 0, **SETTINGS)
     assert not solo.coordinated
     assert solo.claim("fxgraph", "k") and solo.claim("fxgraph", "k")
+
+
+def test_one_rank_per_node_deals_with_the_job_store(server: dist.TCPStore, tmp_path) -> None:
+    """Two nodes of two ranks: per key, the job store sees the claimant and one
+    representative of the other node; the rest wait on their node's lock."""
+    node_a, node_b = str(tmp_path / "a"), str(tmp_path / "b")
+    claimant, mate_a = client(server, 0, node_a), client(server, 1, node_a)
+    rep_b, mate_b = client(server, 2, node_b), client(server, 3, node_b)
+    assert claimant.claim("fxgraph", "n1")
+    for f in (mate_a, rep_b, mate_b):
+        assert not f.claim("fxgraph", "n1")
+    results: dict[int, WaitResult] = {}
+    waiters = [threading.Thread(target=lambda f=f, r=r: results.__setitem__(r, f.wait(
+        "fxgraph", "n1"))) for r, f in ((1, mate_a), (2, rep_b), (3, mate_b))]
+    for t in waiters:
+        t.start()
+    time.sleep(3.0)  # a long compile: node-local waiters cost the job store nothing
+    ops_before = mate_a.job_store_ops, mate_b.job_store_ops
+    published = time.monotonic()
+    claimant.finish("fxgraph", "n1")
+    for t in waiters:
+        t.join(timeout=10)
+    assert results == {1: WaitResult.DONE, 2: WaitResult.DONE, 3: WaitResult.DONE}
+    assert time.monotonic() - published < 0.5  # every node woken by the publish
+    assert ops_before == (0, 0) and (mate_a.job_store_ops, mate_b.job_store_ops) == (0, 0)
+    # A claim, the owner, one blocking wait, a heartbeat read every stale_after_s / 4:
+    # not the three operations every 50 ms of a polling waiter (180 in these 3 s).
+    bound = 5 + 3.0 / (SETTINGS["stale_after_s"] / 4) + 2
+    assert rep_b.job_store_ops <= bound, rep_b.job_store_ops
+
+
+def test_a_dead_claimant_is_marked_done_for_every_waiter(server: dist.TCPStore) -> None:
+    """The waiter that finds the claimant's heartbeat gone marks the key done: waiters of
+    other nodes stop waiting too, instead of each reaching the same verdict."""
+    silent = SingleFlight(connect(server.port), 0, wait_timeout_s=20, stale_after_s=1.0,
+                          heartbeat_s=60.0)  # claims, but its first beat would come in 60 s
+    first, second = client(server, 1, stale_after_s=1.0), client(server, 2, stale_after_s=30)
+    assert silent.claim("fxgraph", "d1")
+    assert not first.claim("fxgraph", "d1") and not second.claim("fxgraph", "d1")
+    later: list[WaitResult] = []
+    t = threading.Thread(target=lambda: later.append(second.wait("fxgraph", "d1")))
+    t.start()
+    assert first.wait("fxgraph", "d1") is WaitResult.CLAIMANT_DEAD
+    t.join(timeout=5)
+    assert later == [WaitResult.DONE]
