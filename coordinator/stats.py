@@ -60,6 +60,7 @@ class RankStats:
         out["torch_phases"] = compat.compile_time_metrics()
         out["waits"] = flight.waits if flight is not None else 0
         out["waited_s"] = round(flight.waited_s, 3) if flight is not None else 0.0
+        out["job_store_ops"] = flight.job_store_ops if flight is not None else 0
         out["store_errors"] = store.failures if store is not None else 0
         if store is not None:
             out["store"] = store.stats.as_dict()

@@ -174,6 +174,9 @@ def summarize(name: str, part: str, nodes: list[Node], nproc: int, wall_s: float
             for key in ("fetches", "gets", "node_cache_hits", "bytes_read"):
                 node[f"store_{key}"] = sum(int((x.get("store") or {}).get(key, 0))
                                            for x in s.values())
+            # c10d job-store operations per rank of this node: one rank per key and node
+            # claims or waits on the job store, the others wait on a node lock.
+            node["job_store_ops_per_rank"] = {r: x.get("job_store_ops") for r, x in s.items()}
         per_node.append(node)
     times = [outs[r].get("time_to_step1_s") for r in sorted(outs)]
     complete = len(outs) == nproc and all(t is not None and t == t for t in times)
@@ -205,11 +208,12 @@ def summarize(name: str, part: str, nodes: list[Node], nproc: int, wall_s: float
         row["waited_s"] = total(stats, "waited_s")
         row["published"] = total(stats, "published")
         row["store_errors"] = total(stats, "store_errors")
+        row["job_store_ops"] = total(stats, "job_store_ops")
         row["store_fetches"] = sum(p["store_fetches"] or 0 for p in per_node)
         row["stats_per_rank"] = {r: {k: s.get(k) for k in (
             "fxgraph_cache_miss", "fxgraph_cache_hit", "autograd_cache_hit",
             "autograd_cache_bypass", "claimed", "loaded", "waits", "waited_s", "published",
-            "store_errors", "store")} for r, s in sorted(stats.items())}
+            "store_errors", "store", "job_store_ops")} for r, s in sorted(stats.items())}
     if store is not None:
         objects, size = store_objects(store)
         row["store_objects"], row["store_bytes"] = objects, size
