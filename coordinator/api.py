@@ -82,10 +82,10 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
                 job_store, how = connect_job_store(config.store_timeout_s, topo)
         tag = config.tag or derive_tag(sys.argv[0] or "python")
         if rank == 0:
+            coordination = f"on through {how}" if job_store is not None else how
             log.info("store %s (%s); snapshot %s; in-job coordination %s", config.cache_url,
-                     fingerprint.readable(fields),
-                     repr(tag) if config.snapshot else "off", "on through " + how
-                     if job_store is not None else how)
+                     fingerprint.readable(fields), repr(tag) if config.snapshot else "off",
+                     coordination)
         flight = SingleFlight(
             job_store, rank, wait_timeout_s=config.wait_timeout_s,
             stale_after_s=config.stale_after_s, heartbeat_s=config.heartbeat_s,
