@@ -197,7 +197,7 @@ def summarize(name: str, part: str, nodes: list[Node], nproc: int, wall_s: float
         vals = [(s.get(sub) or {}).get(key, 0) if sub else s.get(key, 0) for s in src.values()]
         return round(sum(vals), 3)
 
-    # PyTorch's own counters: from the coordinator's stats where it ran, else job_wrapper's.
+    # PyTorch's own counters: from the coordinator's stats where it ran, else counters.py's.
     src, sub = (stats, None) if stats else (counters, "inductor")
     row["fxgraph_cache_miss"] = total(src, "fxgraph_cache_miss", sub)
     row["fxgraph_cache_hit"] = total(src, "fxgraph_cache_hit", sub)

@@ -4,7 +4,7 @@ PyTorch's own compile counters, for the rows of the GPU scripts that run no coor
 torchrun gives every rank the same environment; this reads per job:
 - PT2CC_BENCH_COUNTERS=PATH: at exit, `torch._dynamo.utils.counters` (inductor,
   aot_autograd) and the reasons AOTAutograd gave for bypassing its cache go to
-  PATH.rank<R>.json (the format of tests/cuda/job_wrapper.py's files).
+  PATH.rank<R>.json.
 - PT2CC_BENCH_OPTIMIZE_DDP=0: `torch._dynamo.config.optimize_ddp = False` before the
   script runs (DDP's graph splitting off).
 """
@@ -38,6 +38,7 @@ def _dump(path: str) -> None:
               "aot_autograd": dict(counters["aot_autograd"]),
               "autograd_cache_bypass_reasons": dict(_bypass_reasons)}
     target = f"{path}.rank{rank}.json"
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     with open(target + ".tmp", "w") as f:
         json.dump(record, f, indent=1, sort_keys=True)
     os.replace(target + ".tmp", target)

@@ -60,7 +60,7 @@ class Job:
     wall_s: float
     outs: list[dict]  # the script's --out files, by rank
     stats: list[dict]  # the coordinator's --stats-file files, by rank ([] uncoordinated)
-    counters: list[dict]  # job_wrapper's PyTorch counters, by rank
+    counters: list[dict]  # PyTorch's own counters (scripts/bench/counters.py), by rank
     triton: dict[int, dict[str, list[str]]]  # rank -> {"compile"|"hit"|"build": [kernels]}
 
     @property
@@ -150,7 +150,7 @@ def start(name: str, work: Path, node: Path, script: Path, args: list[str], *,
                                       + [p for p in [os.environ.get("PYTHONPATH")] if p]),
     })
     if wrap:
-        full_env["PT2CC_TEST_COUNTERS"] = str(out / "counters")
+        full_env["PT2CC_BENCH_COUNTERS"] = str(out / "counters")
         full_env["PT2CC_TEST_RANK_TRITON_DIRS"] = "1"
     if probe:
         full_env["TRITON_CACHE_MANAGER"] = "pt2cc_triton_probe:CountingCacheManager"
