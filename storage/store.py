@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -98,11 +100,8 @@ class ArtifactStore:
         a job reads it once at start-up, so that its lookups need no store request.
         """
         base = self.layout.index_dir
-        try:
+        with self._errors_counted():
             files = find_files(self.fs, base, self._retrier)
-        except StoreUnavailable:
-            self._count(errors=1)
-            raise
         found: dict[tuple[str, str], list[tuple[float, str]]] = {}
         for f in files:
             parts = f.path[len(base):].strip("/").split("/")
@@ -113,22 +112,14 @@ class ArtifactStore:
 
     def list_variants(self, kind: str, key: str) -> list[str]:
         """The digests of the variants stored under (kind, key), newest first."""
-        try:
-            files = list_files(self.fs, self.layout.variants_dir(kind, key), self._retrier)
-        except StoreUnavailable:
-            self._count(errors=1)
-            raise
-        files = [f for f in files if is_digest(f.name)]
-        return [f.name for f in sorted(files, key=lambda f: (-f.mtime, f.name))]
+        with self._errors_counted():
+            return self._digests_in(self.layout.variants_dir(kind, key))
 
     def get_object(self, digest: str) -> bytes | None:
         """One object's verified payload; None if it is gone or failed verification."""
         self._count(gets=1)
-        try:
+        with self._errors_counted():
             payload = self._load(digest)
-        except StoreUnavailable:
-            self._count(errors=1)
-            raise
         if payload is not None:
             self._count(hits=1)
         return payload
@@ -141,21 +132,29 @@ class ArtifactStore:
             self._count(hits=1)
         return payloads[0] if payloads else None
 
-    def _read_entries(self, directory: str, first_only: bool) -> list[bytes]:
+    @contextlib.contextmanager
+    def _errors_counted(self) -> Iterator[None]:
         try:
-            files = [f for f in list_files(self.fs, directory, self._retrier) if is_digest(f.name)]
-            files.sort(key=lambda f: (-f.mtime, f.name))
+            yield
+        except StoreUnavailable:
+            self._count(errors=1)
+            raise
+
+    def _digests_in(self, directory: str) -> list[str]:
+        """The entries (named by digest) directly under `directory`, newest first."""
+        files = [f for f in list_files(self.fs, directory, self._retrier) if is_digest(f.name)]
+        return [f.name for f in sorted(files, key=lambda f: (-f.mtime, f.name))]
+
+    def _read_entries(self, directory: str, first_only: bool) -> list[bytes]:
+        with self._errors_counted():
             out: list[bytes] = []
-            for f in files:
-                payload = self._load(f.name)
+            for digest in self._digests_in(directory):
+                payload = self._load(digest)
                 if payload is not None:
                     out.append(payload)
                     if first_only:
                         break
             return out
-        except StoreUnavailable:
-            self._count(errors=1)
-            raise
 
     def _load(self, digest: str) -> bytes | None:
         """The verified payload of an object; None if it is missing or was just quarantined."""
