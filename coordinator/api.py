@@ -11,19 +11,23 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from coordinator import fingerprint, topology
+from coordinator import fingerprint, report, topology
 from coordinator import log as rank_log
 from coordinator.artifacts import Artifacts
 from coordinator.config import Config
 from coordinator.errors import ConfigError
+from coordinator.explain import Explainer
 from coordinator.kernels import KernelFiles
 from coordinator.single_flight import SingleFlight, connect_job_store
 from coordinator.snapshot import Snapshots, derive_tag
 from coordinator.stats import RankStats
-from storage import ArtifactStore
+from coordinator.trace import Trace
+from storage import ArtifactStore, explain, summary
 from storage.fail_open import FailOpenStore
 
 log = logging.getLogger(__name__)
+
+EXPLAIN_WAIT_S = 5.0  # at exit, for miss reasons still being worked out
 
 _lock = threading.Lock()
 _active: _Installation | None = None
@@ -31,25 +35,59 @@ _active: _Installation | None = None
 
 class _Installation:
     def __init__(self, config: Config, store: FailOpenStore | None, flight: SingleFlight,
-                 stats: RankStats, snapshots: Snapshots | None,
-                 undo: Callable[[], None]) -> None:
-        self.config, self.store, self.flight, self.stats, self.snapshots, self._undo = (
-            config, store, flight, stats, snapshots, undo)
+                 stats: RankStats, snapshots: Snapshots | None, artifacts: Artifacts,
+                 explainer: Explainer | None, undo: Callable[[], None]) -> None:
+        self.config, self.store, self.flight, self.stats = config, store, flight, stats
+        self.snapshots, self.artifacts, self.explainer, self._undo = (
+            snapshots, artifacts, explainer, undo)
 
     def report(self) -> dict:
+        """This rank's summary line and files; on rank 0, the job's summary too."""
         if self.snapshots is not None:
             self.snapshots.publish()
+        if self.explainer is not None:
+            self.explainer.drain(EXPLAIN_WAIT_S)
         snap = self.stats.as_dict(flight=self.flight, store=self.store)
         log.info("%s", RankStats.summary_line(snap))
-        if self.config.stats_file:
-            RankStats.write(self.config.stats_file, snap)
+        stats_file, trace_dir = self.config.stats_file, self.config.trace
+        if stats_file:
+            _best_effort(f"writing stats to {stats_file}", RankStats.write, stats_file, snap)
+        if trace_dir and self.stats.trace is not None:
+            _best_effort(f"writing the trace to {trace_dir}", self.stats.trace.write, trace_dir)
+        topo = topology.this_process()
+        used = self.artifacts.used_digests()
+        if self.snapshots is not None and self.snapshots.loaded_digest:
+            used.append(self.snapshots.loaded_digest)
+        reports = report.exchange(self.flight.job, topo.rank, topo.world_size,
+                                  {**snap, "used": used})
+        if reports is not None:  # rank 0
+            self._report_job(reports, topo.world_size)
         return snap
+
+    def _report_job(self, reports: list[dict], world_size: int) -> None:
+        log.info("%s", summary.text(summary.totals(reports, world_size)))
+        if self.config.stats_file:
+            _best_effort(f"writing the job's stats to {self.config.stats_file}.job.json",
+                         report.write_job_file, self.config.stats_file, reports, world_size)
+        if self.config.trace:
+            report.merge_trace(self.config.trace)
+        used = sorted({d for r in reports for d in r.get("used", ())})
+        if self.store is not None and used:
+            self.store.record_use(report.job_id(), used)
 
     def close(self) -> None:
         if self.snapshots is not None:
             self.snapshots.cancel()
         self.flight.close()
         self._undo()
+
+
+def _best_effort(what: str, fn: Callable[..., object], *args: object) -> None:
+    """Files we write for the user never affect the job: one clear line if they fail."""
+    try:
+        fn(*args)
+    except OSError as exc:
+        log.warning("%s failed: %s", what, exc)
 
 
 def install(cache: str | None = None, config: Config | None = None, **settings: Any) -> Config:
@@ -71,10 +109,11 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         rank_log.setup(config.log_level)
         topo = topology.this_process()
         rank = topo.rank
-        stats = RankStats(rank=rank)
+        stats = RankStats(rank=rank, trace=_trace(config.trace, rank))
         with stats.phase("store_open"):
             fields = fingerprint.describe()
-            opened = _open_store(config, fingerprint.fingerprint(fields))
+            fp = fingerprint.fingerprint(fields)
+            opened = _open_store(config, fp)
         store, job_store, how = None, None, "off: no store"
         if opened is not None:
             store = FailOpenStore(opened, deadline_s=config.store_timeout_s * 2)
@@ -84,7 +123,7 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         if rank == 0:
             coordination = f"on through {how}" if job_store is not None else how
             log.info("store %s (%s); snapshot %s; in-job coordination %s", config.cache_url,
-                     fingerprint.readable(fields), repr(tag) if config.snapshot else "off",
+                     explain.environment_text(fields), repr(tag) if config.snapshot else "off",
                      coordination)
         flight = SingleFlight(
             job_store, rank, wait_timeout_s=config.wait_timeout_s,
@@ -103,13 +142,16 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
                 node=opened.node_cache if opened is not None else None,
             )
             snapshots.start_prefetch()
+        explainer = Explainer(store, stats, fields, fp) if store is not None else None
         artifacts = Artifacts(store, flight, kernels, stats, snapshots,
-                              ready_wait_s=config.store_timeout_s * 2, entry_names=entry_names)
+                              ready_wait_s=config.store_timeout_s * 2, entry_names=entry_names,
+                              explainer=explainer)
         artifacts.start_prefetch()
         from coordinator import hooks
 
-        undo = hooks.install(artifacts, ddp_graph_split=config.ddp_graph_split)
-        _active = _Installation(config, store, flight, stats, snapshots, undo)
+        undo = hooks.install(artifacts, explainer, ddp_graph_split=config.ddp_graph_split)
+        _active = _Installation(config, store, flight, stats, snapshots, artifacts, explainer,
+                                undo)
         atexit.register(_at_exit)
         return config
 
@@ -131,6 +173,21 @@ def _at_exit() -> None:
         uninstall()
     except Exception:
         log.exception("writing the coordinator's summary failed")
+
+
+def _trace(directory: str | None, rank: int) -> Trace | None:
+    """A trace for this rank, if asked for and its directory is usable (else one line)."""
+    if not directory:
+        return None
+    try:
+        os.makedirs(directory, exist_ok=True)
+        if not os.access(directory, os.W_OK):
+            raise PermissionError(f"{directory} is not writable")
+    except OSError as exc:
+        log.warning("trace directory %s is not usable (%s); no trace is written", directory,
+                    exc)
+        return None
+    return Trace(rank)
 
 
 def _others_can_write(store: ArtifactStore) -> bool:

@@ -14,6 +14,7 @@ import threading
 import time
 
 from coordinator import bundle, compat
+from coordinator.explain import Explainer
 from coordinator.kernels import KernelFiles
 from coordinator.single_flight import SingleFlight, WaitResult
 from coordinator.snapshot import Snapshots
@@ -46,8 +47,10 @@ class Artifacts:
 
     def __init__(self, store: Store | None, flight: SingleFlight, kernels: KernelFiles,
                  stats: RankStats, snapshots: Snapshots | None = None,
-                 ready_wait_s: float = 60.0, entry_names: dict[str, str] | None = None) -> None:
+                 ready_wait_s: float = 60.0, entry_names: dict[str, str] | None = None,
+                 explainer: Explainer | None = None) -> None:
         self._store = store
+        self._explainer = explainer
         self._snapshots = snapshots
         self._ready_wait_s = ready_wait_s
         self._flight = flight
@@ -61,6 +64,8 @@ class Artifacts:
         self._subdirs: dict[tuple[str, str], str] = {}  # PyTorch's local dir of guarded keys
         self._specialised: set[tuple[str, str]] = set()  # keys whose guards rejected a variant
         self._waited: dict[tuple[str, str], float] = {}  # seconds of the last wait per key
+        self._missed_at: dict[tuple[str, str], float] = {}  # wall time PyTorch began compiling
+        self._compiles = threading.local()  # wall time the running Dynamo compile began
         # Digest -> the file name its entry has in PyTorch's local dir: what we published
         # or placed, and what the snapshot placed (shared with Snapshots, which carries it).
         self.entry_names: dict[str, str] = entry_names if entry_names is not None else {}
@@ -97,10 +102,22 @@ class Artifacts:
     def get(self, kind: str, key: str) -> bytes | None:
         """PyTorch's remote lookup, reached when no local entry's guards held."""
         try:
-            return self._get(kind, key)
+            found = self._get(kind, key)
         except Exception:
             log.exception("lookup of %s %s failed; compiling locally", kind, key)
-            return None
+            found = None
+        if found is None and kind in GUARDED_KINDS:  # PyTorch compiles it now
+            self._missed_at[(kind, key)] = time.time()
+            if self._explainer is not None:
+                self._explainer.missed(kind, key)
+        return found
+
+    def used_digests(self) -> list[str]:
+        """Every stored variant this process handed to PyTorch or found placed by the
+        snapshot: what the job's record of use keeps from pruning."""
+        with self._lock:
+            offered = set().union(*self._offered.values()) if self._offered else set()
+        return sorted(offered | set(self.entry_names))
 
     def note_specialised(self, kind: str, key: str) -> None:
         """PyTorch's guards rejected a variant of `key` that has guards, on this rank."""
@@ -110,8 +127,13 @@ class Artifacts:
         """PyTorch publishing a fresh entry: store it, then let waiters in."""
         if (waited := self._waited.pop((kind, key), None)) is not None:
             self._stats.wasted_wait_s += waited  # waited, then compiled all the same
+        if (started := self._missed_at.pop((kind, key), None)) is not None \
+                and self._stats.trace is not None:
+            self._stats.trace.span(f"compile {kind}", started, time.time(), key=key,
+                                   compile_id=compat.current_compile_id())
         try:
-            self._put(kind, key, value)
+            with self._stats.phase("publish", key=key):
+                self._put(kind, key, value)
         except Exception:
             log.exception("publishing %s %s failed", kind, key)
         finally:
@@ -120,10 +142,15 @@ class Artifacts:
     def compile_started(self) -> None:
         """Before anything of a compile runs (Inductor probes the CPU while it computes its
         first key), the snapshot's files must be in place."""
+        self._compiles.started = (time.time(), compat.current_compile_id())
         self._await_ready()
 
     def compile_ended(self) -> None:
         """A Dynamo compile (or lazy backward compile) ended: no claim outlives it."""
+        started = getattr(self._compiles, "started", None)
+        if started is not None and self._stats.trace is not None:
+            self._stats.trace.span("torch.compile", started[0], time.time(),
+                                   compile_id=started[1] or compat.current_compile_id())
         self._flight.finish_all()
         if self._snapshots is not None:
             self._snapshots.compile_ended()
@@ -143,12 +170,16 @@ class Artifacts:
             log.debug("%s %s: variants are specialised and none fits; not waiting", kind, key)
             self._stats.waits_skipped += 1
             return None
-        if self._flight.claim(kind, key):
+        with self._stats.phase("claim", key=key):
+            claimed = self._flight.claim(kind, key)
+        if claimed:
             self._stats.claimed += 1
             # Another job may have published it since our index listing.
             return self._take_fresh(kind, key, relist=True)
         start = time.monotonic()
-        result = self._flight.wait(kind, key)
+        compile_id = compat.current_compile_id()
+        with self._stats.phase("wait", key=key, compile_id=compile_id):
+            result = self._flight.wait(kind, key, compile_id)
         self._waited[(kind, key)] = time.monotonic() - start
         if result is WaitResult.DONE and (found := self._take_fresh(kind, key, relist=True)):
             self._stats.loaded_after_wait += 1
@@ -167,6 +198,8 @@ class Artifacts:
         self._note_offered(kind, key, digest)
         if kind in GUARDED_KINDS:
             self._note_entry_name(digest, value)
+            if self._explainer is not None:
+                self._explainer.published(kind, key)
         self._stats.published += 1
 
     def _unseen(self, kind: str, key: str) -> list[str]:
@@ -233,6 +266,8 @@ class Artifacts:
         try:
             with self._stats.phase("index_listing"):
                 listed = self._store.list_index()  # type: ignore[union-attr]
+            if self._explainer is not None:
+                self._explainer.index_listed(listed)
             with self._lock:
                 for k, digests in listed.items():
                     self._listed.setdefault(k, digests)
@@ -252,7 +287,7 @@ class Artifacts:
     def _get_object(self, digest: str) -> bytes | None:
         if self._store is None:
             return None
-        with self._stats.phase("object_fetch"):
+        with self._stats.phase("object_fetch", digest=digest[:12]):
             return self._store.get_object(digest)
 
     def _await_ready(self) -> None:

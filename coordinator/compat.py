@@ -293,3 +293,74 @@ def torch_version() -> str:
 def cpp_kernel_suffixes() -> tuple[str, ...]:
     """Files Inductor's C++ code cache loads instead of building when they exist."""
     return (".so",) if os.name != "nt" else (".pyd", ".dll")
+
+
+# Key components: PyTorch hashes each attribute of its cache-key details on its own and
+# prints "[<hash>] <name>: <value>" per attribute (FxGraphCachePickler.debug_lines).
+KeyComponents = dict[str, list[str]]  # name -> [hash, value cut to COMPONENT_VALUE_CHARS]
+COMPONENT_VALUE_CHARS = 600
+
+
+def capture_key_components(record: Callable[[str, str, KeyComponents], None]) \
+        -> Callable[[], None]:
+    """Hand every FX-graph and AOTAutograd cache key PyTorch computes, with its components,
+    to `record(kind, local_key, components)`; returns the undo.
+
+    AOTAutograd computes its per-component lines only under DEBUG logging (they re-hash
+    every attribute once more); while this hook is on it always does.
+    """
+    codecache = importlib.import_module("torch._inductor.codecache")
+    aot = importlib.import_module("torch._functorch._aot_autograd.autograd_cache")
+    undo: list[Callable[[], None]] = []
+
+    def wrap(module: Any, name: str, kind: str) -> None:
+        original = getattr(module, name, None)
+        if original is None:
+            raise TorchHookMissing(f"torch {torch_version()} has no {module.__name__}.{name}")
+
+        def computed(*args: Any, **kwargs: Any) -> Any:
+            key, lines = original(*args, **kwargs)
+            with contextlib.suppress(Exception):  # explanations never break a compile
+                record(kind, key, parse_key_lines(lines))
+            return key, lines
+
+        setattr(module, name, computed)
+        undo.append(lambda: setattr(module, name, original))
+
+    wrap(codecache, "compiled_fx_graph_hash", "fxgraph")
+    wrap(aot, "autograd_cache_key", "aotautograd")
+    lazy = getattr(aot, "_get_debug_lines_for_cache_key", None)
+    if lazy is not None:  # newer releases: lines only under DEBUG
+        aot._get_debug_lines_for_cache_key = (
+            lambda pickler, details, key: pickler.debug_lines(details))
+        undo.append(lambda: setattr(aot, "_get_debug_lines_for_cache_key", lazy))
+
+    def restore() -> None:
+        for step in reversed(undo):
+            step()
+
+    return restore
+
+
+def parse_key_lines(lines: list[str]) -> KeyComponents:
+    """PyTorch's "[hash] name: value" lines as {name: [hash, value]}, values cut short."""
+    out: KeyComponents = {}
+    for line in lines:
+        if not line.startswith("[") or "] " not in line:
+            continue
+        digest, rest = line[1:].split("] ", 1)
+        name, _, value = rest.partition(": ")
+        if len(value) > COMPONENT_VALUE_CHARS:
+            value = value[:COMPONENT_VALUE_CHARS] + "…"
+        out[name] = [digest, value]
+    return out
+
+
+def current_compile_id() -> str | None:
+    """Dynamo's id of the compile running on this thread ("0/1"), if any."""
+    from torch._guards import CompileContext
+
+    with contextlib.suppress(Exception):
+        compile_id = CompileContext.current_compile_id()
+        return None if compile_id is None else str(compile_id)
+    return None

@@ -39,6 +39,8 @@ class Config:
     heartbeat_s: float = 2.0
     store_timeout_s: float = 30.0
     stats_file: str | None = None
+    trace: str | None = None
+    """A directory for per-rank and job timelines (Chrome trace JSON)."""
     tag: str | None = None
     """Snapshot name; the launcher derives it from the script when not given."""
     snapshot: bool = True

@@ -37,14 +37,6 @@ def describe() -> dict[str, str]:
     return fields
 
 
-def readable(fields: dict[str, str]) -> str:
-    """'torch 2.11.0+cu130, Triton 3.6.0, CUDA 13.0, NVIDIA H100 80GB HBM3 (sm 9.0)'."""
-    device = (f"{fields['gpu']} (sm {fields.get('capability', '?')})" if fields["gpu"] != "none"
-              else f"CPU {fields.get('cpu', '?')}")
-    return (f"torch {fields['torch']}, Triton {fields['triton']}, CUDA {fields['cuda']}, "
-            f"{device}")
-
-
 def fingerprint(fields: dict[str, str] | None = None) -> str:
     """A short, path-safe digest of `describe()`."""
     fields = describe() if fields is None else fields

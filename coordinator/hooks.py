@@ -14,9 +14,11 @@ from typing import Any
 
 from coordinator import compat
 from coordinator.artifacts import GUARDED_KINDS, Artifacts
+from coordinator.explain import Explainer
 
 
-def install(artifacts: Artifacts, *, ddp_graph_split: bool = True) -> Callable[[], None]:
+def install(artifacts: Artifacts, explainer: Explainer | None = None, *,
+            ddp_graph_split: bool = True) -> Callable[[], None]:
     """Hook PyTorch; returns a function that undoes every change."""
 
     class StoreBackend(compat.store_backend_base()):  # type: ignore[misc]
@@ -50,6 +52,8 @@ def install(artifacts: Artifacts, *, ddp_graph_split: bool = True) -> Callable[[
                 artifacts.note_specialised(kind, remote)
 
     undo.append(compat.wrap_candidates(candidates))
+    if explainer is not None:  # every key PyTorch computes reaches it with its components
+        undo.append(compat.capture_key_components(explainer.computed))
     previous_configs = compat.enable_caches()
     if not ddp_graph_split:
         previous_configs.update(compat.disable_ddp_graph_split())

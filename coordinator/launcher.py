@@ -7,6 +7,7 @@ exit status, exceptions), with the coordinator installed before its first line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import os
 import runpy
@@ -37,11 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest a rank waits for another rank's compile (default 900)")
     p.add_argument("--stale-after", metavar="S", type=float, dest="stale_after_s",
                    help="a compiling rank silent this long is taken for dead (default 30)")
-    p.add_argument("--tag", help="name of this job's snapshot (default: the script's name)")
+    p.add_argument("--tag", help="name of this job's snapshot (default: <project>:<script>, "
+                   "see the README)")
     p.add_argument("--no-snapshot", dest="snapshot", action="store_const", const=False,
                    help="neither prefetch nor publish a snapshot; per-key lookups only")
     p.add_argument("--stats-file", metavar="PATH",
-                   help="write each rank's counters to PATH.rank<R>.json at exit")
+                   help="write each rank's counters to PATH.rank<R>.json at exit, and the "
+                   "job's (every rank's, with totals) to PATH.job.json on rank 0")
+    p.add_argument("--trace", metavar="DIR", help="write a timeline of claims, waits, loads, "
+                   "compiles and publishes: DIR/rank<R>.trace.json per rank and "
+                   "DIR/job.trace.json for the job (Chrome trace JSON: open it in Perfetto)")
     p.add_argument("--no-device-normalization", dest="normalize_devices", action="store_const",
                    const=False, help="keep every GPU visible to every worker (keys become "
                    "per device index: ranks on different GPUs then share nothing)")
@@ -91,11 +97,12 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"module not found: {opts.module}")
 
     settings = {k: v for k, v in vars(opts).items() if k not in ("module", "script", "args")}
-    settings["tag"] = settings["tag"] or derive_tag(opts.module or script)
     try:
         config = Config.from_env(cache_url=settings.pop("cache"), **settings)
     except ConfigError as exc:
         parser.error(str(exc))
+    if config.tag is None:
+        config = dataclasses.replace(config, tag=derive_tag(opts.module or script))
 
     if config.normalize_devices:
         from coordinator import devices

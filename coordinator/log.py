@@ -15,12 +15,14 @@ def rank() -> int:
 
 
 def setup(level: str = "INFO") -> None:
-    """Give our loggers one stderr handler with a `[pt2cc rank R]` prefix (idempotent).
+    """Give our loggers one stderr handler with a `[pt2cc rank R HH:MM:SS.mmm]` prefix
+    (idempotent).
 
     The application's own logging configuration is left alone: we attach to our two
     package loggers only and do not propagate, so records are not printed twice.
     """
-    fmt = logging.Formatter(f"[pt2cc rank {rank()}] %(levelname)s %(message)s")
+    fmt = logging.Formatter(f"[pt2cc rank {rank()} %(asctime)s.%(msecs)03d] %(levelname)s "
+                            "%(message)s", datefmt="%H:%M:%S")
     for name in ("coordinator", "storage"):
         logger = logging.getLogger(name)
         logger.setLevel(level.upper())

@@ -154,6 +154,11 @@ class SingleFlight:
     def coordinated(self) -> bool:
         return self._job is not None
 
+    @property
+    def job(self) -> JobStore | None:
+        """The job store's connections (the end-of-job report travels over them too)."""
+        return self._job
+
     def claim(self, kind: str, key: str) -> bool:
         """True when this rank should compile `key` (it now holds the claim)."""
         name = f"{kind}/{key}"
@@ -209,10 +214,12 @@ class SingleFlight:
             log.warning("c10d store failed while checking %s %s (%s)", kind, key, exc)
             return False
 
-    def wait(self, kind: str, key: str) -> WaitResult:
-        """Block until the claimant of `key` is done, dead, or the deadline passes."""
+    def wait(self, kind: str, key: str, compile_id: str | None = None) -> WaitResult:
+        """Block until the claimant of `key` is done, dead, or the deadline passes;
+        `compile_id` (Dynamo's) names the compile in the log lines."""
         assert self._job is not None
         name = f"{kind}/{key}"
+        what = f"{kind} {_short(key)}" + (f" (compile {compile_id})" if compile_id else "")
         start = time.monotonic()
         self.waits += 1
         try:
@@ -220,8 +227,8 @@ class SingleFlight:
                 on_node = name in self._node_waits
                 self._node_waits.discard(name)
             if on_node:
-                return self._wait_on_node(name, kind, key, start)
-            return self._wait_on_job(name, kind, key, start)
+                return self._wait_on_node(name, what, start)
+            return self._wait_on_job(name, what, start)
         finally:
             self._release_node_lock(name)
             self.waited_s += time.monotonic() - start
@@ -244,7 +251,7 @@ class SingleFlight:
         if node_lock is not None:
             node_lock.release()
 
-    def _wait_on_node(self, name: str, kind: str, key: str, start: float) -> WaitResult:
+    def _wait_on_node(self, name: str, what: str, start: float) -> WaitResult:
         """Another process of this node deals with the job store: wait for its lock."""
         node_lock = self._node_lock(name)
         assert node_lock is not None
@@ -253,17 +260,17 @@ class SingleFlight:
             now = time.monotonic()
             if now >= deadline:
                 log.warning("waited %.0f s (the deadline) for another rank of this node on "
-                            "%s %s; compiling locally", now - start, kind, _short(key))
+                            "%s; compiling locally", now - start, what)
                 return WaitResult.DEADLINE
             if now >= next_log:
-                log.info("waiting for another rank of this node on %s %s (%.0f s so far)",
-                         kind, _short(key), now - start)
+                log.info("waiting for another rank of this node on %s (%.0f s so far)",
+                         what, now - start)
                 next_log = now + LOG_EVERY_S
             time.sleep(NODE_POLL_S)
         node_lock.release()  # that process published, loaded, or died: look in the store
         return WaitResult.DONE
 
-    def _wait_on_job(self, name: str, kind: str, key: str, start: float) -> WaitResult:
+    def _wait_on_job(self, name: str, what: str, start: float) -> WaitResult:
         """This node's representative: one blocking wait for the claimant's done mark (on a
         thread, over the waits connection) while this thread checks the claimant's
         heartbeat every stale_after_s / 4. A claimant found dead gets its key marked done,
@@ -285,17 +292,17 @@ class SingleFlight:
                     beat, beat_seen_at = current, now
                 if now - beat_seen_at > self._stale_after_s:
                     who = f"rank {owner}" if owner is not None else "an unknown rank"
-                    log.warning("%s's claim on %s %s: no heartbeat for %.0f s; compiling locally",
-                                who, kind, _short(key), now - beat_seen_at)
+                    log.warning("%s's claim on %s: no heartbeat for %.0f s; compiling locally",
+                                who, what, now - beat_seen_at)
                     self._op(main.set, f"done/{name}", f"dead:{owner}")
                     return WaitResult.CLAIMANT_DEAD
                 if now >= deadline:
-                    log.warning("waited %.0f s (the deadline) for rank %s to compile %s %s; "
-                                "compiling locally", now - start, owner, kind, _short(key))
+                    log.warning("waited %.0f s (the deadline) for rank %s to compile %s; "
+                                "compiling locally", now - start, owner, what)
                     return WaitResult.DEADLINE
                 if now >= next_log:
-                    log.info("waiting for rank %s to compile %s %s (%.0f s so far)",
-                             owner if owner is not None else "?", kind, _short(key), now - start)
+                    log.info("waiting for rank %s to compile %s (%.0f s so far)",
+                             owner if owner is not None else "?", what, now - start)
                     next_log = now + LOG_EVERY_S
             return WaitResult.DONE
         except Exception as exc:  # noqa: BLE001 - a broken store must not hang the job

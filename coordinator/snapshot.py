@@ -21,6 +21,7 @@ from collections.abc import Callable
 from coordinator import bundle
 from coordinator.kernels import KernelFiles
 from coordinator.stats import RankStats
+from storage import sealed
 from storage.api import Store
 from storage.node_cache import NodeCache
 
@@ -49,10 +50,52 @@ def decompress(blob: bytes) -> bytes:
     return zlib.decompress(blob)
 
 
+PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
+
+
 def derive_tag(target: str) -> str:
-    """A tag from the script or module name: jobs of one script share a snapshot."""
-    base = os.path.basename(target.rstrip("/"))
-    return base.removesuffix(".py") or "default"
+    """The default snapshot tag: `<project>:<script>`, distinct per project and the same for
+    every job of that project, wherever it is checked out.
+
+    The project is the nearest directory above the script holding pyproject.toml,
+    setup.py, setup.cfg or .git, named by pyproject's `[project] name` when it has one,
+    else by the directory's name; the script is its path below that directory without
+    `.py`. A script outside any project is `<its directory's name>:<script>`. A module
+    (`-m pkg.mod`) is its file's tag when found, else its dotted name.
+    """
+    path = target
+    if not target.endswith(".py") and not os.path.exists(target):
+        import importlib.util
+
+        try:
+            spec = importlib.util.find_spec(target)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.origin or not os.path.isfile(spec.origin):
+            return target or "default"
+        path = spec.origin
+    path = os.path.abspath(path)
+    directory = os.path.dirname(path)
+    root = directory
+    while not any(os.path.exists(os.path.join(root, m)) for m in PROJECT_MARKERS):
+        parent = os.path.dirname(root)
+        if parent == root:
+            root = directory
+            break
+        root = parent
+    script = os.path.relpath(path, root).removesuffix(".py")
+    return f"{_project_name(root)}:{script}"
+
+
+def _project_name(root: str) -> str:
+    import tomllib
+
+    try:
+        with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+            name = tomllib.load(f).get("project", {}).get("name")
+    except (OSError, ValueError):
+        name = None
+    return name if isinstance(name, str) and name else os.path.basename(root) or "root"
 
 
 class Snapshots:
@@ -74,6 +117,7 @@ class Snapshots:
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
         self.ready = threading.Event()
+        self.loaded_digest: str | None = None  # the snapshot this process loaded, if any
 
     def start_prefetch(self) -> None:
         threading.Thread(target=self._prefetch, name="pt2cc-prefetch", daemon=True).start()
@@ -106,20 +150,24 @@ class Snapshots:
                 return
             self._published_at_count = count
         try:
-            import torch
-
-            saved = torch.compiler.save_cache_artifacts()
-            payload = saved[0] if saved is not None else b""
-            manifest = {"entries": dict(self._entry_names)}
-            blob = compress(bundle.pack(payload, self._kernels.all_files(), manifest))
-            if len(blob) > MAX_SNAPSHOT_BYTES:
-                log.warning("snapshot %r would be %d bytes; not publishing it", self._tag,
-                            len(blob))
-                return
-            if self._store.put_snapshot(self._tag, blob) is not None:
-                log.info("published snapshot %r (%d bytes)", self._tag, len(blob))
+            with self._stats.phase("snapshot_publish", tag=self._tag):
+                self._publish()
         except Exception as exc:  # noqa: BLE001 - a snapshot is an optimisation
             log.warning("publishing snapshot %r failed: %s", self._tag, exc)
+
+    def _publish(self) -> None:
+        import torch
+
+        saved = torch.compiler.save_cache_artifacts()
+        payload = saved[0] if saved is not None else b""
+        manifest = {"entries": dict(self._entry_names)}
+        blob = compress(bundle.pack(payload, self._kernels.all_files(), manifest))
+        if len(blob) > MAX_SNAPSHOT_BYTES:
+            log.warning("snapshot %r would be %d bytes; not publishing it", self._tag,
+                        len(blob))
+            return
+        if self._store.put_snapshot(self._tag, blob) is not None:
+            log.info("published snapshot %r (%d bytes)", self._tag, len(blob))
 
     def cancel(self) -> None:
         with self._lock:
@@ -138,13 +186,14 @@ class Snapshots:
             if blob is None:
                 log.debug("no snapshot %r yet", self._tag)
                 return
+            self.loaded_digest = sealed.digest_of(blob)
             node = self._node
             if node is None:
                 self._entry_names.update(self._place(blob))
                 return
             # One process per node unpacks it: the local caches it fills are the node's.
             note = "snapshot-" + hashlib.sha256(
-                blob + repr(self._kernels.dirs()).encode()).hexdigest()
+                (self.loaded_digest + repr(self._kernels.dirs())).encode()).hexdigest()
             with node.lock(note):
                 done = node.note(note)
                 if done is not None:

@@ -1,4 +1,5 @@
-"""Per-rank counters: one summary line at exit, the same as JSON with --stats-file."""
+"""Per-rank counters and the reasons of misses: one summary line at exit, JSON with
+--stats-file, and every timed step on the rank's trace with --trace."""
 
 from __future__ import annotations
 
@@ -13,12 +14,17 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from coordinator import compat
+from coordinator.trace import Trace
 
 if TYPE_CHECKING:
     from coordinator.single_flight import SingleFlight
     from storage.fail_open import FailOpenStore
 
 log = logging.getLogger(__name__)
+
+
+MAX_MISS_DETAILS = 100
+TRACE_MIN_S = 0.001  # shorter steps without a key stay off the trace (counted all the same)
 
 
 @dataclasses.dataclass
@@ -34,11 +40,17 @@ class RankStats:
     # Seconds and calls per phase of our own work (index listing, object fetch, waiting for
     # the prefetch, snapshot fetch/decompress/load, ...): where a warm start's time goes.
     phases: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    # Compiles with a store configured, counted by why they missed ("new graph", "differs
+    # in: Inductor config", ...), and the first MAX_MISS_DETAILS of them in full.
+    misses: dict[str, int] = dataclasses.field(default_factory=dict)
+    miss_details: list[dict[str, str | None]] = dataclasses.field(default_factory=list)
+    trace: Trace | None = dataclasses.field(default=None, repr=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
     @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
+    def phase(self, name: str, **args: object) -> Iterator[None]:
+        """Time one step of our own work; on the trace too, with `args` (key, ...)."""
+        start, wall = time.perf_counter(), time.time()
         try:
             yield
         finally:
@@ -47,13 +59,25 @@ class RankStats:
                 seconds_calls = self.phases.setdefault(name, [0.0, 0])
                 seconds_calls[0] += elapsed
                 seconds_calls[1] += 1
+            if self.trace is not None and (args or elapsed >= TRACE_MIN_S):
+                self.trace.span(name, wall, wall + elapsed, **args)
+
+    def miss(self, kind: str, key: str, group: str, reason: str, compile_id: str | None) -> None:
+        """Count one explained miss."""
+        with self._lock:
+            self.misses[group] = self.misses.get(group, 0) + 1
+            if len(self.miss_details) < MAX_MISS_DETAILS:
+                self.miss_details.append({"kind": kind, "key": key, "reason": reason,
+                                          "compile_id": compile_id})
 
     def as_dict(self, *, flight: SingleFlight | None = None,
                 store: FailOpenStore | None = None) -> dict:
         """These counters plus PyTorch's own and the store's, as one flat dict."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if not f.name.startswith("_")}
+               if not f.name.startswith("_") and f.name != "trace"}
         with self._lock:
+            out["misses"] = dict(sorted(self.misses.items(), key=lambda kv: -kv[1]))
+            out["miss_details"] = list(self.miss_details)
             out["phases"] = {name: {"s": round(sc[0], 4), "calls": int(sc[1])}
                              for name, sc in sorted(self.phases.items())}
         out.update(compat.cache_counters())

@@ -8,7 +8,8 @@ from storage.store import StoreStats
 
 
 class Store(Protocol):
-    """An artifact store: objects named by digest, an index of variants per key, snapshots.
+    """An artifact store: objects named by digest, an index of variants per key, snapshots,
+    and small plain-JSON notes (key components, the environment, what each job used).
 
     Lookups name variants by digest, newest first; `get_object` returns a verified payload
     or None. `read_only` turns true once the store has refused a write.
@@ -31,3 +32,13 @@ class Store(Protocol):
     def get_snapshot(self, tag: str) -> bytes | None: ...
 
     def put_snapshot(self, tag: str, data: bytes) -> str | None: ...
+
+    def get_components(self, kind: str, key: str) -> dict[str, list[str]] | None: ...
+
+    def put_components(self, kind: str, key: str, components: dict[str, list[str]]) -> None: ...
+
+    def environments(self) -> dict[str, dict[str, str]]: ...
+
+    def describe_environment(self, fields: dict[str, str]) -> None: ...
+
+    def record_use(self, job: str, digests: list[str]) -> None: ...

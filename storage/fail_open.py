@@ -65,15 +65,30 @@ class FailOpenStore:
         return self._call(f"fetching snapshot {tag!r}", None, self._store.get_snapshot, tag)
 
     def put(self, kind: str, key: str, data: bytes) -> str | None:
-        if self.read_only:
-            return None
-        return self._call(f"publishing {kind} {key}", None, self._store.put, kind, key, data)
+        return self._write(f"publishing {kind} {key}", self._store.put, kind, key, data)
 
     def put_snapshot(self, tag: str, data: bytes) -> str | None:
-        if self.read_only:
-            return None
-        return self._call(f"publishing snapshot {tag!r}", None, self._store.put_snapshot, tag,
-                          data)
+        return self._write(f"publishing snapshot {tag!r}", self._store.put_snapshot, tag, data)
+
+    def get_components(self, kind: str, key: str) -> dict[str, list[str]] | None:
+        return self._call(f"reading components of {kind} {key}", None,
+                          self._store.get_components, kind, key)
+
+    def environments(self) -> dict[str, dict[str, str]]:
+        return self._call("listing environments", {}, self._store.environments)
+
+    def put_components(self, kind: str, key: str, components: dict[str, list[str]]) -> None:
+        self._write(f"publishing components of {kind} {key}", self._store.put_components,
+                    kind, key, components)
+
+    def describe_environment(self, fields: dict[str, str]) -> None:
+        self._write("describing the environment", self._store.describe_environment, fields)
+
+    def record_use(self, job: str, digests: list[str]) -> None:
+        self._write(f"recording what job {job} used", self._store.record_use, job, digests)
+
+    def _write(self, what: str, fn: Callable[..., T], *args: object) -> T | None:
+        return None if self.read_only else self._call(what, None, fn, *args)
 
     def _call(self, what: str, missing: T, fn: Callable[..., T], *args: object) -> T:
         if self.down:

@@ -3,7 +3,10 @@
 Layout under the store root::
 
     v1/<fingerprint>/objects/<sha256[:2]>/<sha256>    content-addressed, immutable
+    v1/<fingerprint>/environment.json                 what the fingerprint stands for
     v1/<fingerprint>/index/<kind>/<key>/<sha256>      one small entry per variant
+    v1/<fingerprint>/index/<kind>/<key>/components.json  the key's cache-key components
+    v1/<fingerprint>/used/<job>.json                  what one job loaded (prune by last use)
     v1/<fingerprint>/snapshots/<tag>/<sha256>         one entry per snapshot version
     v1/<fingerprint>/quarantine/<sha256>.<timestamp>  objects that failed verification
 """
@@ -21,6 +24,9 @@ OBJECTS = "objects"
 INDEX = "index"
 SNAPSHOTS = "snapshots"
 QUARANTINE = "quarantine"
+USED = "used"
+COMPONENTS = "components.json"
+ENVIRONMENT = "environment.json"
 
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 _FINGERPRINT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$")
@@ -90,6 +96,20 @@ class Layout:
 
     def variants_dir(self, kind: str, key: str) -> str:
         return f"{self.index_dir}/{encode_segment(kind)}/{encode_segment(key)}"
+
+    @property
+    def used_dir(self) -> str:
+        return f"{self.base}/{USED}"
+
+    @property
+    def environment_path(self) -> str:
+        return f"{self.base}/{ENVIRONMENT}"
+
+    def components_path(self, kind: str, key: str) -> str:
+        return f"{self.variants_dir(kind, key)}/{COMPONENTS}"
+
+    def used_path(self, job: str) -> str:
+        return f"{self.used_dir}/{encode_segment(job)}.json"
 
     def snapshot_dir(self, tag: str) -> str:
         return f"{self.snapshots_dir}/{encode_segment(tag)}"

@@ -55,6 +55,17 @@ def list_files(fs: fsspec.AbstractFileSystem, path: str, retrier: Retrier) -> li
     return [_info(i["name"].rstrip("/"), i) for i in infos if i.get("type") == "file"]
 
 
+def list_dirs(fs: fsspec.AbstractFileSystem, path: str, retrier: Retrier) -> list[str]:
+    """Names of the directories directly under `path`; [] when it does not exist."""
+    fs.invalidate_cache(path)
+    try:
+        infos = retrier.call("list", lambda: fs.ls(path, detail=True, refresh=True))
+    except FileNotFoundError:
+        return []
+    return [i["name"].rstrip("/").rsplit("/", 1)[-1] for i in infos
+            if i.get("type") == "directory"]
+
+
 def find_files(fs: fsspec.AbstractFileSystem, path: str, retrier: Retrier) -> list[FileInfo]:
     """Every file below `path` (one recursive listing: a paginated LIST on object stores)."""
     fs.invalidate_cache(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections import Counter, defaultdict
@@ -14,10 +15,13 @@ import fsspec
 from storage import sealed
 from storage.errors import IntegrityError
 from storage.layout import (
+    COMPONENTS,
+    ENVIRONMENT,
     INDEX,
     OBJECTS,
     QUARANTINE,
     SNAPSHOTS,
+    USED,
     Layout,
     decode_segment,
     is_digest,
@@ -49,12 +53,20 @@ class Entry:
 
 @dataclass
 class Scan:
-    """One recursive listing of a store, parsed."""
+    """One recursive listing of a store, parsed (and its records of use, read)."""
 
     entries: list[Entry] = field(default_factory=list)
     entry_paths: dict[Entry, str] = field(default_factory=dict)
     objects: dict[tuple[str, str], FileInfo] = field(default_factory=dict)  # (fp, digest)
     quarantine: list[tuple[str, FileInfo]] = field(default_factory=list)  # (fp, file)
+    components: dict[tuple[str, str, str], FileInfo] = field(default_factory=dict)
+    used: list[tuple[str, FileInfo]] = field(default_factory=list)  # (fp, a job's record)
+    last_used: dict[tuple[str, str], float] = field(default_factory=dict)  # (fp, digest)
+    environments: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def last_use(self, e: Entry) -> float:
+        """When a job last loaded the entry's object, or it was published if that is later."""
+        return max(e.mtime, self.last_used.get((e.fingerprint, e.digest), 0.0))
 
     @property
     def fingerprints(self) -> list[str]:
@@ -75,10 +87,22 @@ def scan(fs: fsspec.AbstractFileSystem, root: str, retrier: Retrier,
     for f in files:
         rel = f.path[len(base):].strip("/") if f.path.startswith(base) else ""
         parts = rel.split("/")
+        if parts[1:] == [ENVIRONMENT]:
+            if isinstance(doc := read_json(fs, f.path, retrier), dict):
+                result.environments[parts[0]] = {str(k): str(v) for k, v in doc.items()}
+            continue
         if len(parts) < 3:
             continue
         fp, section = parts[0], parts[1]
-        if section == OBJECTS and len(parts) == 4 and is_digest(parts[3]):
+        if section == USED and len(parts) == 3:
+            result.used.append((fp, f))
+            doc = read_json(fs, f.path, retrier)
+            for digest in doc.get("digests", []) if isinstance(doc, dict) else []:
+                ident = (fp, str(digest))
+                result.last_used[ident] = max(result.last_used.get(ident, 0.0), f.mtime)
+        elif section == INDEX and len(parts) == 5 and parts[4] == COMPONENTS:
+            result.components[(fp, decode_segment(parts[2]), decode_segment(parts[3]))] = f
+        elif section == OBJECTS and len(parts) == 4 and is_digest(parts[3]):
             result.objects[(fp, parts[3])] = f
         elif section == QUARANTINE and len(parts) == 3:
             result.quarantine.append((fp, f))
@@ -94,6 +118,14 @@ def scan(fs: fsspec.AbstractFileSystem, root: str, retrier: Retrier,
         result.entry_paths[entry] = f.path
     result.entries.sort(key=lambda e: (e.fingerprint, e.section, e.kind, e.key, -e.mtime))
     return result
+
+
+def read_json(fs: fsspec.AbstractFileSystem, path: str, retrier: Retrier) -> Any:
+    """A small JSON note of the store; None if it vanished or is malformed."""
+    try:
+        return json.loads(retrier.call("read", lambda: fs.cat_file(path)))
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def summarize(s: Scan) -> dict[str, dict[str, int]]:
@@ -180,6 +212,7 @@ class PrunePlan:
     entries: list[Entry] = field(default_factory=list)
     objects: list[tuple[str, str]] = field(default_factory=list)
     quarantine: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # old records of use, orphaned components
     bytes_before: int = 0
     bytes_freed: int = 0
     applied: bool = False
@@ -190,6 +223,7 @@ class PrunePlan:
             "entries": len(self.entries),
             "objects": len(self.objects),
             "quarantined_files": len(self.quarantine),
+            "notes": len(self.notes),
             "bytes_before": self.bytes_before,
             "bytes_freed": self.bytes_freed,
             "bytes_after": self.bytes_before - self.bytes_freed,
@@ -198,10 +232,13 @@ class PrunePlan:
 
 def plan_prune(s: Scan, older_than_s: float | None, max_bytes: int | None,
                now: float | None = None, min_age_s: float = MIN_AGE_S) -> PrunePlan:
-    """Choose entries older than `older_than_s`, then the oldest others until under `max_bytes`.
+    """Choose entries not used for `older_than_s`, then the least recently used others
+    until under `max_bytes`.
 
-    Nothing younger than `min_age_s` is chosen: a running job may have written an object
-    whose index entry is not there yet. Objects go only when no kept entry names them.
+    An entry's age counts from its last use: the newest record of a job that loaded it,
+    or its publish if that is later. Nothing younger than `min_age_s` is chosen: a running
+    job may have written an object whose index entry is not there yet. Objects go only
+    when no kept entry names them; a key's components go with its last entry.
     """
     now = time.time() if now is None else now
     settled = now - min_age_s
@@ -222,9 +259,10 @@ def plan_prune(s: Scan, older_than_s: float | None, max_bytes: int | None,
             plan.bytes_freed += obj.size
 
     age_cut = None if older_than_s is None else now - max(older_than_s, min_age_s)
-    by_age = sorted(s.entries, key=lambda e: e.mtime)
+    by_age = sorted(s.entries, key=s.last_use)
     for e in by_age:
-        if e.mtime < settled and (e.size is None or (age_cut is not None and e.mtime < age_cut)):
+        if e.mtime < settled and (e.size is None or
+                                  (age_cut is not None and s.last_use(e) < age_cut)):
             drop(e)
     for ident, obj in s.objects.items():  # orphans: no entry names them
         if refs[ident] <= 0 and ident not in freed and obj.mtime < settled:
@@ -243,11 +281,15 @@ def plan_prune(s: Scan, older_than_s: float | None, max_bytes: int | None,
                 plan.quarantine.append(q.path)
                 plan.bytes_freed += q.size
         for e in by_age:
-            if plan.bytes_before - plan.bytes_freed <= max_bytes or e.mtime >= settled:
+            if plan.bytes_before - plan.bytes_freed <= max_bytes or s.last_use(e) >= settled:
                 break
-            if e not in chosen:
+            if e not in chosen and e.mtime < settled:
                 drop(e)
     plan.entries = [e for e in by_age if e in chosen]
+    kept = {(e.fingerprint, e.kind, e.key) for e in s.entries if e not in chosen}
+    plan.notes = [f.path for k, f in s.components.items() if k not in kept and f.mtime < settled]
+    plan.notes += [f.path for _, f in s.used
+                   if f.mtime < settled and age_cut is not None and f.mtime < age_cut]
     plan.objects = sorted(freed)
     return plan
 
@@ -262,13 +304,16 @@ def apply_prune(fs: fsspec.AbstractFileSystem, root: str, retrier: Retrier, plan
     _remove(fs, [s.entry_paths[e] for e in plan.entries], retrier)
     fresh = scan(fs, root, retrier)
     referenced = {(e.fingerprint, e.digest) for e in fresh.entries}
+    indexed = {(e.fingerprint, e.kind, e.key) for e in fresh.entries}
+    orphaned = {f.path for k, f in fresh.components.items() if k not in indexed}
     settled = time.time() - min_age_s
     doomed = []
     for ident in plan.objects:
         obj = fresh.objects.get(ident)
         if obj is not None and ident not in referenced and obj.mtime < settled:
             doomed.append(obj.path)
-    _remove(fs, doomed + plan.quarantine, retrier)
+    notes = [p for p in plan.notes if p in orphaned or "/" + USED + "/" in p]
+    _remove(fs, doomed + plan.quarantine + notes, retrier)
     plan.applied = True
 
 
@@ -283,8 +328,11 @@ def _remove(fs: fsspec.AbstractFileSystem, paths: list[str], retrier: Retrier) -
                     retrier.call("remove", lambda p=p: fs.rm_file(p))
 
 
-def group_entries(entries: list[Entry]) -> list[dict[str, Any]]:
-    """Entries grouped per (fingerprint, kind, key): variants, bytes and newest mtime."""
+def group_entries(entries: list[Entry], last_used: dict[tuple[str, str], float] | None = None,
+                  ) -> list[dict[str, Any]]:
+    """Entries grouped per (fingerprint, kind, key): variants, bytes, newest publish and
+    last use by a job (None if no job recorded one)."""
+    last_used = last_used or {}
     groups: dict[tuple[str, str, str, str], list[Entry]] = defaultdict(list)
     for e in entries:
         groups[(e.fingerprint, e.section, e.kind, e.key)].append(e)
@@ -297,6 +345,8 @@ def group_entries(entries: list[Entry]) -> list[dict[str, Any]]:
             "variants": len(es),
             "bytes": sum(e.size or 0 for e in es),
             "newest": max(e.mtime for e in es),
+            "last_used": max((last_used.get((fp, e.digest), 0.0) for e in es), default=0.0)
+            or None,
             "digests": [e.digest for e in es],
         }
         for (fp, section, kind, key), es in sorted(groups.items())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -14,8 +15,8 @@ import fsspec
 
 from storage import sealed
 from storage.errors import IntegrityError, StoreConfigError, StoreReadOnly, StoreUnavailable
-from storage.layout import Layout, decode_segment, is_digest, is_fingerprint
-from storage.listing import find_files, list_files
+from storage.layout import Layout, decode_segment, is_digest, is_fingerprint, versions_dir
+from storage.listing import find_files, list_dirs, list_files
 from storage.location import move, resolve, write_atomic
 from storage.node_cache import NodeCache
 from storage.retry import Retrier
@@ -132,6 +133,32 @@ class ArtifactStore:
             self._count(hits=1)
         return payloads[0] if payloads else None
 
+    def get_components(self, kind: str, key: str) -> dict[str, list[str]] | None:
+        """The cache-key components published beside (kind, key)'s entries, if any."""
+        return self._read_json(self.layout.components_path(kind, key))
+
+    def environments(self) -> dict[str, dict[str, str]]:
+        """What every fingerprint in this store stands for (torch, Triton, CUDA, GPU, ...)."""
+        out = {}
+        for fp in list_dirs(self.fs, versions_dir(self.root), self._retrier):
+            fields = self._read_json(Layout(self.root, fp).environment_path)
+            if isinstance(fields, dict):
+                out[fp] = fields
+        return out
+
+    def _read_json(self, path: str) -> Any:
+        """A small plain-JSON document; None if missing or malformed (it only informs)."""
+        with self._errors_counted():
+            try:
+                raw = self._retrier.call("read", lambda: self.fs.cat_file(path))
+            except FileNotFoundError:
+                return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            log.debug("ignoring malformed %s", path)
+            return None
+
     @contextlib.contextmanager
     def _errors_counted(self) -> Iterator[None]:
         try:
@@ -236,6 +263,41 @@ class ArtifactStore:
         """Publish a bulk snapshot (e.g. torch.compiler.save_cache_artifacts bytes) under `tag`."""
         return self._publish(self.layout.snapshot_dir(tag), data)
 
+    def put_components(self, kind: str, key: str, components: dict[str, list[str]]) -> None:
+        """Keep (kind, key)'s cache-key components beside its entries, to explain misses."""
+        self._write_json(self.layout.components_path(kind, key), components)
+
+    def describe_environment(self, fields: dict[str, str]) -> None:
+        """Say once what this store's fingerprint stands for (read by `pt2cc` and `explain`)."""
+        if self._read_json(self.layout.environment_path) != fields:
+            self._write_json(self.layout.environment_path, fields)
+
+    def record_use(self, job: str, digests: list[str]) -> None:
+        """One small object per job naming what it loaded: `prune` counts age from last use."""
+        self._write_json(self.layout.used_path(job), {"job": job, "time": time.time(),
+                                                       "digests": sorted(set(digests))})
+
+    def _write_json(self, path: str, doc: object) -> None:
+        data = json.dumps(doc, sort_keys=True).encode()
+        with self._writing():
+            self._retrier.call("put", lambda: write_atomic(self.fs, path, data))
+        self._count(puts=1, bytes_written=len(data))
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Count a failed write; a refused one leaves this handle read-only."""
+        try:
+            yield
+        except FileNotFoundError as e:  # e.g. the bucket vanished under us
+            self._count(errors=1)
+            raise StoreUnavailable(f"store {self.url}: put failed: {e}") from e
+        except StoreUnavailable as e:
+            self._count(errors=1)
+            if isinstance(e.__cause__, PermissionError):
+                self._read_only = True
+                raise StoreReadOnly(f"store {self.url} refused a write: {e}") from e
+            raise
+
     def _publish(self, entry_dir: str, data: bytes) -> str:
         """Object first, entry second, so a live writer never leaves an entry without object.
 
@@ -248,18 +310,9 @@ class ArtifactStore:
         obj = self.layout.object_path(digest)
         entry = f"{entry_dir}/{digest}"
         marker = digest.encode()
-        try:
+        with self._writing():
             self._retrier.call("put object", lambda: write_atomic(self.fs, obj, blob))
             self._retrier.call("put entry", lambda: write_atomic(self.fs, entry, marker))
-        except FileNotFoundError as e:  # e.g. the bucket vanished under us
-            self._count(errors=1)
-            raise StoreUnavailable(f"store {self.url}: put failed: {e}") from e
-        except StoreUnavailable as e:
-            self._count(errors=1)
-            if isinstance(e.__cause__, PermissionError):
-                self._read_only = True
-                raise StoreReadOnly(f"store {self.url} refused a write: {e}") from e
-            raise
         self._count(puts=1, bytes_written=len(blob) + len(marker))
         return digest
 

@@ -36,9 +36,9 @@ def filled(store_url):
 
 def test_ls_and_stats(filled, capsys):
     url, a, _ = filled
-    rc, groups = run(capsys, "ls", url)
+    rc, listing = run(capsys, "ls", url)
     assert rc == 0
-    by = {(g["fingerprint"], g["kind"], g["key"]): g for g in groups}
+    by = {(g["fingerprint"], g["kind"], g["key"]): g for g in listing["entries"]}
     assert by[("fp-a", "fxgraph", "fkey1")]["variants"] == 2
     assert by[("fp-a", "autotune", "pt2:abc/def")]["variants"] == 1
     assert by[("fp-a", "snapshot", "job-1")]["snapshot"] is True
@@ -152,3 +152,101 @@ def test_cli_process_does_not_import_torch(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "TOTAL" in out.stdout
+
+
+def test_prune_counts_age_from_last_use(tmp_path, capsys, monkeypatch):
+    """A job that loaded an entry keeps it: age counts from the newest record of use."""
+    url = str(tmp_path / "store")
+    s = open_store(url, fingerprint="fp")
+    s.describe_environment({"torch": "2.13.0", "triton": "none", "cuda": "None", "gpu": "none",
+                            "cpu": "AVX2"})
+    used, unused = s.put("fx", "used", b"u" * 10), s.put("fx", "unused", b"n" * 10)
+    for key in ("used", "unused"):
+        s.put_components("fx", key, {"gm": ["h-" + key, "code"]})
+    lay = s.layout
+    for key, d in (("used", used), ("unused", unused)):
+        for path in (f"{lay.variants_dir('fx', key)}/{d}", lay.object_path(d),
+                     lay.components_path("fx", key)):
+            _age(path, 40 * DAY)
+    s.record_use("old-job", [unused])
+    _age(lay.used_path("old-job"), 35 * DAY)
+    s.record_use("recent-job", [used])
+    _age(lay.used_path("recent-job"), 2 * DAY)
+    monkeypatch.setenv("PT2CC_CACHE", url)  # no URL given: pt2cc reads PT2CC_CACHE
+    rc, listing = run(capsys, "ls")
+    last = {g["key"]: g["last_used"] for g in listing["entries"]}
+    assert last["used"] == pytest.approx(time.time() - 2 * DAY, abs=60)
+    assert last["unused"] == pytest.approx(time.time() - 35 * DAY, abs=60)
+    assert listing["environments"]["fp"]["torch"] == "2.13.0"
+    assert main(["ls"]) == 0
+    human = capsys.readouterr().out
+    assert "LAST USED" in human and "fp: torch 2.13.0, Triton none, CUDA None, CPU AVX2" in human
+    rc, plan = run(capsys, "prune", "--older-than", "30d", "--yes")
+    assert (plan["entries"], plan["objects"], plan["notes"]) == (1, 1, 2)  # + its components
+    assert s.list_variants("fx", "used") == [used] and s.list_variants("fx", "unused") == []
+    assert s.get_components("fx", "unused") is None and s.get_components("fx", "used")
+    assert not os.path.exists(lay.used_path("old-job"))
+    assert os.path.exists(lay.used_path("recent-job"))
+
+
+def test_pt2cc_without_url_or_variable_is_one_clear_error(capsys, monkeypatch):
+    monkeypatch.delenv("PT2CC_CACHE", raising=False)
+    assert main(["ls"]) == 2
+    assert capsys.readouterr().err.strip() == "pt2cc: error: give a store URL, or set PT2CC_CACHE"
+
+
+def _rank_stats(rank: int, hits: int, misses: dict[str, int]) -> dict:
+    return {"rank": rank, "fxgraph_cache_hit": hits, "fxgraph_cache_miss": sum(misses.values()),
+            "fxgraph_cache_bypass": 0, "autograd_cache_hit": 0, "autograd_cache_miss": 0,
+            "autograd_cache_bypass": 0, "loaded": hits, "waited_s": 1.5, "misses": misses,
+            "store": {"bytes_read": 2048},
+            "miss_details": [{"kind": "fxgraph", "key": f"k{rank}", "reason": r,
+                              "compile_id": "0/0"} for r in misses]}
+
+
+def test_report_merges_jobs_and_explain_reads_stats_files(tmp_path, capsys):
+    for r in range(2):
+        (tmp_path / f"a.rank{r}.json").write_text(json.dumps(_rank_stats(r, 3, {"new graph": 1})))
+    job_b = {"world_size": 2, "ranks": [_rank_stats(r, 4, {}) for r in range(2)]}
+    (tmp_path / "b.job.json").write_text(json.dumps(job_b))
+    files = [str(tmp_path / "a.rank0.json"), str(tmp_path / "a.rank1.json"),
+             str(tmp_path / "b.job.json")]
+    rc, report = run(capsys, "report", *files)
+    assert rc == 0
+    a, b = report["jobs"][str(tmp_path / "a")], report["jobs"][str(tmp_path / "b")]
+    assert (a["fxgraph_cache_hit"], a["fxgraph_cache_miss"], a["ranks"]) == (6, 2, 2)
+    assert (b["fxgraph_cache_hit"], b["fxgraph_cache_miss"]) == (8, 0)
+    assert report["total"]["fxgraph_cache_hit"] == 14 and report["total"]["ranks"] == 4
+    assert main(["report", *files]) == 0
+    table = capsys.readouterr().out
+    assert "TOTAL" in table and "new graph (2)" in table and "6/2" in table
+    rc, explained = run(capsys, "explain", *files[:2])
+    assert explained[str(tmp_path / "a")]["misses"] == {"new graph": 2}
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"something": "else"})])
+def test_report_names_a_bad_stats_file(tmp_path, capsys, content):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    assert main(["report", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"pt2cc: error: {bad}: ") and "Traceback" not in err
+
+
+def test_explain_a_stored_key_against_its_nearest_neighbour(tmp_path, capsys):
+    s = open_store(str(tmp_path / "store"), fingerprint="fp")
+    base = {"gm": ["g1", "code"], "inductor_config[max_autotune]": ["c1", "False"],
+            "example_inputs[0]": ["i1", "float32[3, 4]"]}
+    s.put("fxgraph", "base", b"b")
+    s.put_components("fxgraph", "base", base)
+    s.put("fxgraph", "other", b"o")
+    s.put_components("fxgraph", "other", {**base, "gm": ["g2", "other code"],
+                                          "example_inputs[0]": ["i2", "float64[3, 4]"]})
+    s.put("fxgraph", "tuned", b"t")
+    s.put_components("fxgraph", "tuned", {**base,
+                                          "inductor_config[max_autotune]": ["c2", "True"]})
+    rc, found = run(capsys, "explain", str(tmp_path / "store"), "--key", "tuned")
+    assert rc == 0 and found[0]["nearest"] == "base"
+    assert found[0]["reason"] == ("nearest stored entry differs in: Inductor config "
+                                  "max_autotune (False -> True)")
+    assert main(["explain", str(tmp_path / "store"), "--key", "nope"]) == 1

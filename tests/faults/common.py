@@ -18,7 +18,7 @@ WAIT_TIMEOUT_S = 60.0
 # Short bounds, so that a fault that is handled only by a deadline still ends in time.
 LAUNCHER_ARGS = ["--wait-timeout", str(int(WAIT_TIMEOUT_S)), "--stale-after", "10"]
 ENV = {"PT2CC_STORE_TIMEOUT_S": "5", "PT2CC_HEARTBEAT_S": "1"}
-WARNING = re.compile(r"^\[pt2cc rank (\d+)\] WARNING (.*)$", re.MULTILINE)
+WARNING = re.compile(r"^\[pt2cc rank (\d+) [0-9:.]+\] WARNING (.*)$", re.MULTILINE)
 
 
 def run(tmp: Path, name: str, store: str | None, args: list[str] = (), *,

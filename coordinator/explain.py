@@ -1,0 +1,144 @@
+"""Why this rank compiled: each miss compared with what the store held when the job began.
+
+PyTorch hands us every cache key it computes with its components (compat); a published
+key's components go beside its entries. On a miss a background thread finds the reason:
+
+- "guards rejected stored variants": the key was stored, its guards did not hold here;
+- "differs in: ...": the nearest stored key of the same kind, component by component;
+- "environment differs": nothing of this kind under this fingerprint, but the store holds
+  entries of other environments (torch, Triton, CUDA, GPU): the nearest one's fields;
+- "new graph": the store held nothing of this kind at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from coordinator import compat
+from coordinator.stats import RankStats
+from storage import explain
+from storage.api import Store
+
+log = logging.getLogger(__name__)
+
+MAX_CANDIDATES = 256  # stored keys compared per kind (their components are read once)
+REJECTED = "guards rejected stored variants"
+ENVIRONMENT = "environment differs"
+UNEXPLAINED = "unexplained"
+
+
+class Explainer:
+    """Keeps key components, publishes them with entries, and explains misses off-thread."""
+
+    def __init__(self, store: Store, stats: RankStats, environment: dict[str, str],
+                 fingerprint: str) -> None:
+        self._store = store
+        self._stats = stats
+        self._environment = environment
+        self._fingerprint = fingerprint
+        self._computed: dict[tuple[str, str], compat.KeyComponents] = {}  # (kind, local key)
+        self._stored: dict[tuple[str, str], int] | None = None  # start-up index: variants
+        self._stored_components: dict[tuple[str, str], compat.KeyComponents | None] = {}
+        self._environments: dict[str, dict[str, str]] | None = None
+        self._done: set[tuple[str, str]] = set()
+        self._described = False
+        self._pending = 0
+        self._idle = threading.Condition()
+
+    # -- fed by compat and Artifacts -------------------------------------------------------
+
+    def computed(self, kind: str, local_key: str, components: compat.KeyComponents) -> None:
+        self._computed[(kind, local_key)] = components
+
+    def index_listed(self, listed: dict[tuple[str, str], list[str]]) -> None:
+        """The store's index as the job found it: what a miss is compared with."""
+        self._stored = {k: len(v) for k, v in listed.items()}
+
+    def published(self, kind: str, key: str) -> None:
+        """After a publish: keep the key's components beside it (and say once what this
+        store's fingerprint stands for)."""
+        if not self._described:
+            self._described = True
+            self._store.describe_environment(self._environment)
+        components = self._components(kind, key)
+        if components:
+            self._store.put_components(kind, key, components)
+
+    def missed(self, kind: str, key: str) -> None:
+        """PyTorch compiles `key`: find out why, on a thread of our own."""
+        if (kind, key) in self._done:
+            return
+        self._done.add((kind, key))
+        compile_id = compat.current_compile_id()
+        with self._idle:
+            self._pending += 1
+        threading.Thread(target=self._run, args=(kind, key, compile_id),
+                         name="pt2cc-explain", daemon=True).start()
+
+    def drain(self, timeout_s: float) -> None:
+        """Wait (at exit) for the reasons still being worked out."""
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._pending == 0, timeout_s):
+                log.info("%d miss reasons still unknown after %.0f s", self._pending, timeout_s)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _run(self, kind: str, key: str, compile_id: str | None) -> None:
+        try:
+            with self._stats.phase("explain", key=key):
+                group, reason = self.explain(kind, key)
+            self._stats.miss(kind, key, group, reason, compile_id)
+            log.debug("%s %s (compile %s) missed: %s", kind, key, compile_id, reason)
+        except Exception:
+            log.exception("explaining the miss of %s %s failed", kind, key)
+        finally:
+            with self._idle:
+                self._pending -= 1
+                self._idle.notify_all()
+
+    def explain(self, kind: str, key: str) -> tuple[str, str]:
+        """(the group misses are counted by, the reason in full)."""
+        stored = self._stored or {}
+        if stored.get((kind, key)):
+            n = stored[(kind, key)]
+            return REJECTED, f"{REJECTED}: {n} stored, none fit this rank's inputs"
+        ours = self._components(kind, key)
+        if not ours:
+            return UNEXPLAINED, f"{UNEXPLAINED}: PyTorch gave no key components"
+        same_kind = [k for (kd, k) in stored if kd == kind and k != key][:MAX_CANDIDATES]
+        if same_kind:
+            candidates = [(k, c) for k in same_kind if (c := self._stored_of(kind, k))]
+            best = explain.nearest(ours, candidates)
+            if best is None:
+                return UNEXPLAINED, (f"{UNEXPLAINED}: the store's {kind} entries carry no key "
+                                     "components (published by an earlier release)")
+            nearest_key, diff = best
+            stored_components = dict(candidates)[nearest_key]
+            return explain.describe(diff, ours, stored_components)
+        return self._explain_environment(kind)
+
+    def _explain_environment(self, kind: str) -> tuple[str, str]:
+        if self._environments is None:
+            self._environments = self._store.environments()
+        others = [(fp, fields) for fp, fields in self._environments.items()
+                  if fp != self._fingerprint]
+        if not others:
+            return explain.NEW_GRAPH, f"{explain.NEW_GRAPH}: the store held no {kind} entries"
+        diffs = min((explain.environment_differences(self._environment, fields)
+                     for _, fields in others), key=len)
+        return ENVIRONMENT, (f"{ENVIRONMENT}: no {kind} entries for this environment; the "
+                             f"nearest stored one differs in: {', '.join(diffs) or 'nothing'}")
+
+    def _components(self, kind: str, key: str) -> compat.KeyComponents | None:
+        """Our components of a key as PyTorch's remote cache names it (it adds a prefix)."""
+        found = self._computed.get((kind, key))
+        if found is None:
+            found = next((c for (kd, local), c in list(self._computed.items())
+                          if kd == kind and local in key), None)
+        return found
+
+    def _stored_of(self, kind: str, key: str) -> compat.KeyComponents | None:
+        if (kind, key) not in self._stored_components:
+            self._stored_components[(kind, key)] = self._store.get_components(kind, key)
+        return self._stored_components[(kind, key)]
