@@ -48,7 +48,7 @@ def train(tmp_path_factory: pytest.TempPathFactory) -> dict:
     baseline = jobs.run(jobs.TRAIN, args, node=tmp / "node-base", store=None,
                         out=tmp / "base").check()
     cold = jobs.run(jobs.TRAIN, args, node=tmp / "node-a", store=str(store),
-                    out=tmp / "cold").check()
+                    out=tmp / "cold", launcher_args=["--trace", str(tmp / "trace")]).check()
     cxx_env, cxx_log = jobs.compiler_log_env(tmp)
     warm = jobs.run(jobs.TRAIN, args, node=tmp / "node-b", store=f"file://{store}",
                     out=tmp / "warm", env=cxx_env).check()
@@ -72,6 +72,32 @@ def test_warm_job_on_fresh_node_compiles_nothing(train: dict) -> None:
     assert_same_losses(warm, train["baseline"])
     # The cold job's rank 0 published a snapshot at exit; one rank of this node unpacked it.
     assert sum("snapshot_decompress" in s["phases"] for s in warm.stats) == 1, warm.stats
+
+
+def test_job_summary_trace_and_record_of_use(train: dict) -> None:
+    """Rank 0 logs and writes the job's summary, merges the ranks' traces, and the warm job
+    records what it loaded (prune counts age from it)."""
+    cold, tmp = train["cold"], train["nodes"]
+    assert "job summary: 2 ranks\n  FX graphs" in cold.output, cold.output[-3000:]
+    job = json.loads((tmp / "cold" / "stats.job.json").read_text())
+    assert [r["rank"] for r in job["ranks"]] == [0, 1]
+    assert job["totals"]["fxgraph_cache_miss"] == cold.total("fxgraph_cache_miss")
+    assert set(job["totals"]["misses"]) == {"new graph"}, job["totals"]["misses"]
+    events = json.loads((tmp / "trace" / "job.trace.json").read_text())["traceEvents"]
+    spans = [e for e in events if e["ph"] == "X"]
+    waited = {e["args"]["key"] for e in spans if e["name"] == "wait"}
+    compiled = {(e["pid"], e["args"]["key"]) for e in spans if e["name"] == "compile fxgraph"}
+    assert waited and {e["pid"] for e in spans} == {0, 1}
+    for key in waited:  # each wait was for a compile on the other rank
+        assert [pid for pid, k in compiled if k == key] == [
+            1 - next(e["pid"] for e in spans if e["name"] == "wait" and e["args"]["key"] == key)]
+    assert all(e["args"].get("compile_id") for e in spans if e["name"] == "torch.compile")
+    records = sorted(train["store"].glob("v1/*/used/*.json"), key=lambda p: p.stat().st_mtime)
+    assert len(records) == 2  # the cold job's (rank 0 loaded rank 1's graphs), the warm one's
+    used = set(json.loads(records[-1].read_text())["digests"])
+    stored = {p.name for p in train["store"].glob("v1/*/index/fxgraph/*/*")
+              if p.name != "components.json"}
+    assert stored and stored <= used
 
 
 def test_one_download_per_node(train: dict) -> None:
