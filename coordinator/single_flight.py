@@ -146,6 +146,7 @@ class SingleFlight:
         self.waits = 0
         self.waited_s = 0.0
         self.job_store_ops = 0
+        self.job_store_keys = 0  # keys this process claimed on the job store for its node
         if job is not None:
             threading.Thread(target=self._beat, args=(heartbeat_s,), name="pt2cc-heartbeat",
                              daemon=True).start()
@@ -172,6 +173,7 @@ class SingleFlight:
             with self._lock:
                 self._node_waits.add(name)
             return False
+        self.job_store_keys += 1
         try:
             first = self._op(self._job.main.add, f"claim/{name}", 1) == 1
             if first:

@@ -85,6 +85,7 @@ class RankStats:
         out["waits"] = flight.waits if flight is not None else 0
         out["waited_s"] = round(flight.waited_s, 3) if flight is not None else 0.0
         out["job_store_ops"] = flight.job_store_ops if flight is not None else 0
+        out["job_store_keys"] = flight.job_store_keys if flight is not None else 0
         out["store_errors"] = store.failures if store is not None else 0
         if store is not None:
             out["store"] = store.stats.as_dict()
@@ -98,6 +99,7 @@ class RankStats:
             f"graphs compiled {snap['fxgraph_cache_miss']}, loaded {snap['fxgraph_cache_hit']}; "
             f"waited {snap['waits']}x {snap['waited_s']:.1f} s; published {snap['published']}; "
             f"fetched {store.get('bytes_read', 0)} bytes; store errors {snap['store_errors']}"
+            + "".join(f"; {n} missed: {reason}" for reason, n in snap["misses"].items())
         )
 
     @staticmethod

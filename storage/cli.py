@@ -57,7 +57,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
     text = (_table(rows, ["FINGERPRINT", "KIND", "KEY", "VARIANTS", "SIZE", "PUBLISHED",
                           "LAST USED"]) + "\n\n" + _environments(s)) if rows \
         else f"{args.url}: no entries"
-    _emit(args, {"entries": groups, "environments": s.environments}, text)
+    for g in groups:  # each key with what its fingerprint stands for, for tools
+        g["environment"] = s.environments.get(g["fingerprint"])
+    _emit(args, groups, text)
     return 0
 
 

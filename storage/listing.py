@@ -45,24 +45,24 @@ def _info(path: str, info: dict[str, Any]) -> FileInfo:
     return FileInfo(path, path.rsplit("/", 1)[-1], int(info.get("size") or 0), mtime_of(info))
 
 
-def list_files(fs: fsspec.AbstractFileSystem, path: str, retrier: Retrier) -> list[FileInfo]:
-    """Files directly under `path`, fresh from the backend; [] when it does not exist."""
+def _ls(fs: fsspec.AbstractFileSystem, path: str, retrier: Retrier) -> list[dict[str, Any]]:
+    """What is directly under `path`, fresh from the backend; [] when it does not exist."""
     fs.invalidate_cache(path)
     try:
-        infos = retrier.call("list", lambda: fs.ls(path, detail=True, refresh=True))
+        return retrier.call("list", lambda: fs.ls(path, detail=True, refresh=True))
     except FileNotFoundError:
         return []
-    return [_info(i["name"].rstrip("/"), i) for i in infos if i.get("type") == "file"]
+
+
+def list_files(fs: fsspec.AbstractFileSystem, path: str, retrier: Retrier) -> list[FileInfo]:
+    """Files directly under `path`; [] when it does not exist."""
+    return [_info(i["name"].rstrip("/"), i) for i in _ls(fs, path, retrier)
+            if i.get("type") == "file"]
 
 
 def list_dirs(fs: fsspec.AbstractFileSystem, path: str, retrier: Retrier) -> list[str]:
     """Names of the directories directly under `path`; [] when it does not exist."""
-    fs.invalidate_cache(path)
-    try:
-        infos = retrier.call("list", lambda: fs.ls(path, detail=True, refresh=True))
-    except FileNotFoundError:
-        return []
-    return [i["name"].rstrip("/").rsplit("/", 1)[-1] for i in infos
+    return [i["name"].rstrip("/").rsplit("/", 1)[-1] for i in _ls(fs, path, retrier)
             if i.get("type") == "directory"]
 
 

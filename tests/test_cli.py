@@ -38,7 +38,7 @@ def test_ls_and_stats(filled, capsys):
     url, a, _ = filled
     rc, listing = run(capsys, "ls", url)
     assert rc == 0
-    by = {(g["fingerprint"], g["kind"], g["key"]): g for g in listing["entries"]}
+    by = {(g["fingerprint"], g["kind"], g["key"]): g for g in listing}
     assert by[("fp-a", "fxgraph", "fkey1")]["variants"] == 2
     assert by[("fp-a", "autotune", "pt2:abc/def")]["variants"] == 1
     assert by[("fp-a", "snapshot", "job-1")]["snapshot"] is True
@@ -174,10 +174,10 @@ def test_prune_counts_age_from_last_use(tmp_path, capsys, monkeypatch):
     _age(lay.used_path("recent-job"), 2 * DAY)
     monkeypatch.setenv("PT2CC_CACHE", url)  # no URL given: pt2cc reads PT2CC_CACHE
     rc, listing = run(capsys, "ls")
-    last = {g["key"]: g["last_used"] for g in listing["entries"]}
+    last = {g["key"]: g["last_used"] for g in listing}
     assert last["used"] == pytest.approx(time.time() - 2 * DAY, abs=60)
     assert last["unused"] == pytest.approx(time.time() - 35 * DAY, abs=60)
-    assert listing["environments"]["fp"]["torch"] == "2.13.0"
+    assert listing[0]["environment"]["torch"] == "2.13.0"
     assert main(["ls"]) == 0
     human = capsys.readouterr().out
     assert "LAST USED" in human and "fp: torch 2.13.0, Triton none, CUDA None, CPU AVX2" in human

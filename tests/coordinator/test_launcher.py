@@ -78,3 +78,24 @@ def test_bad_input_stops_with_one_clear_message(
     assert res.returncode == 2, (res.stdout, res.stderr)
     assert message in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_snapshot_tags_are_per_project_and_stable(tmp_path: Path) -> None:
+    """`<project>:<script>`: two projects' train.py differ; two checkouts of one agree."""
+    from coordinator.snapshot import derive_tag
+
+    for checkout in ("a", "b"):
+        root = tmp_path / checkout / "llm"
+        (root / "train").mkdir(parents=True)
+        (root / "pyproject.toml").write_text('[project]\nname = "my-llm"\n')
+        (root / "train" / "pretrain.py").write_text("")
+        assert derive_tag(str(root / "train" / "pretrain.py")) == "my-llm:train/pretrain"
+    other = tmp_path / "vision"
+    (other / ".git").mkdir(parents=True)
+    (other / "train.py").write_text("")
+    assert derive_tag(str(other / "train.py")) == "vision:train"
+    loose = tmp_path / "scratch" / "train.py"
+    loose.parent.mkdir()
+    loose.write_text("")
+    assert derive_tag(str(loose)) in ("scratch:train", f"{tmp_path.name}:scratch/train")
+    assert derive_tag("no.such.module") == "no.such.module"

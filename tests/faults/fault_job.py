@@ -85,7 +85,7 @@ def main() -> None:
     if args.kill_waiter and ATTEMPT == 0:
         from coordinator.single_flight import SingleFlight
 
-        def killed_while_waiting(self, kind, key):
+        def killed_while_waiting(self, kind, key, compile_id=None):
             with open(f"{args.out}.killed.rank{RANK}", "w") as fh:
                 fh.write(key)
             os.kill(os.getpid(), signal.SIGKILL)

@@ -111,13 +111,18 @@ def test_throttling_bursts(tmp_path: Path, s3_url: str, proxy_factory) -> None:
     assert time.monotonic() - t0 < 180
 
 
+def _entries(store: Path, kind: str = "*") -> list[Path]:
+    """The index entries (named by digest; a key's components.json sits beside them)."""
+    return [e for e in store.glob(f"v1/*/index/{kind}/*/*") if e.name != "components.json"]
+
+
 def _upload(store: Path, url: str, keep) -> None:
     """Copy the index entries `keep(kind, key, mtime)` accepts, and their objects, to `url`."""
     import s3fs
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     root = url.removeprefix("s3://")
-    for entry in store.glob("v1/*/index/*/*/*"):
+    for entry in _entries(store):
         kind, key = entry.parent.parent.name, entry.parent.name
         if not keep(kind, key, entry.stat().st_mtime):
             continue
@@ -132,7 +137,7 @@ def test_read_only_store(tmp_path: Path, s3_url: str, seed: dict,
                          proxy_factory) -> None:
     """The store holds g but not f, and refuses writes: f is compiled, g still loads."""
     fx = sorted((e.stat().st_mtime, e.parent.name)
-                for e in seed["store"].glob("v1/*/index/fxgraph/*/*"))
+                for e in _entries(seed["store"], "fxgraph"))
     assert len(fx) == 2, fx
     f_key = fx[0][1]  # f was compiled (and published) before g
     _upload(seed["store"], s3_url, lambda kind, key, _: kind != "fxgraph" or key != f_key)
@@ -155,7 +160,7 @@ def test_read_only_store(tmp_path: Path, s3_url: str, seed: dict,
 def test_damaged_objects_are_refused_and_quarantined(tmp_path: Path, seed: dict) -> None:
     """Truncated and corrupt FX objects, and a snapshot entry whose object is gone."""
     store = copy_store(seed, tmp_path / "store")
-    fx = sorted((e.stat().st_mtime, e.name) for e in store.glob("v1/*/index/fxgraph/*/*"))
+    fx = sorted((e.stat().st_mtime, e.name) for e in _entries(store, "fxgraph"))
     assert len(fx) == 2, fx
     (trunc,) = store.glob(f"v1/*/objects/*/{fx[0][1]}")
     (corrupt,) = store.glob(f"v1/*/objects/*/{fx[1][1]}")

@@ -138,8 +138,13 @@ def store_variants(store_dir: Path, kind: str) -> dict[str, int]:
     """{key dir: number of variants} of one kind in a local store (all fingerprints)."""
     counts: dict[str, int] = {}
     for key_dir in store_dir.glob(f"v1/*/index/{kind}/*"):
-        counts[key_dir.name] = len(list(key_dir.iterdir()))
+        counts[key_dir.name] = len(index_entries(key_dir))
     return counts
+
+
+def index_entries(key_dir: Path) -> list[Path]:
+    """A key's index entries: named by digest (its components.json sits beside them)."""
+    return [p for p in key_dir.iterdir() if p.name != "components.json"]
 
 
 def compiler_log_env(tmp: Path) -> tuple[dict[str, str], Path]:

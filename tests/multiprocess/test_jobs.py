@@ -95,8 +95,8 @@ def test_job_summary_trace_and_record_of_use(train: dict) -> None:
     records = sorted(train["store"].glob("v1/*/used/*.json"), key=lambda p: p.stat().st_mtime)
     assert len(records) == 2  # the cold job's (rank 0 loaded rank 1's graphs), the warm one's
     used = set(json.loads(records[-1].read_text())["digests"])
-    stored = {p.name for p in train["store"].glob("v1/*/index/fxgraph/*/*")
-              if p.name != "components.json"}
+    stored = {e.name for d in train["store"].glob("v1/*/index/fxgraph/*")
+              for e in jobs.index_entries(d)}
     assert stored and stored <= used
 
 
@@ -202,7 +202,7 @@ def test_two_jobs_at_once_on_one_store(train: dict, tmp_path: Path) -> None:
                             capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     # Every index entry names an object that exists and verifies (verify checked hashes).
-    for entry in store.glob("v1/*/index/*/*/*"):
+    for entry in (e for d in store.glob("v1/*/index/*/*") for e in jobs.index_entries(d)):
         assert list(store.glob(f"v1/*/objects/{entry.name[:2]}/{entry.name}")), entry
 
 
@@ -250,6 +250,40 @@ def test_claimant_killed_mid_compile_survivor_compiles(tmp_path: Path) -> None:
     results = [json.loads(p.read_text()) for p in tmp_path.glob("out.rank*.json")]
     assert len(results) == 1 and results[0]["y"] == pytest.approx(EXPECTED_Y)
     assert time.monotonic() - t0 < 180
+
+
+SLOW = Path(jobs.__file__).with_name("slow_compile.py")
+
+
+def test_two_nodes_meet_at_the_job_store_once_per_node_per_key(tmp_path: Path) -> None:
+    """Two torchruns (`--nnodes 2`, a node dir each), 2 ranks each: per key one rank per
+    node deals with the job store, the others wait on their node's lock, and the other
+    node's representative is woken by the publish (not by its heartbeat check)."""
+    port = jobs.free_port()
+    store = tmp_path / "store"
+    procs = [jobs.start(SLOW, [], node=tmp_path / f"node{n}", store=str(store),
+                        out=tmp_path / f"out{n}", env={"SLOW_COMPILE_S": "6"},
+                        launcher_args=["--stale-after", "30"],
+                        torchrun_args=["--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{port}"])
+             for n in range(2)]
+    for n, proc in enumerate(procs):
+        jobs.finish(proc, tmp_path / f"out{n}", nproc=0).check()
+    nodes = [[json.loads(p.read_text()) for p in (tmp_path / f"out{n}").glob("stats.rank*.json")]
+             for n in range(2)]
+    assert [len(ranks) for ranks in nodes] == [2, 2], nodes
+    (key,) = [p.name for p in store.glob("v1/*/index/fxgraph/*")]
+    assert sum(s["fxgraph_cache_miss"] for ranks in nodes for s in ranks) == 1, key
+    for ranks in nodes:
+        assert sum(s["job_store_keys"] for s in ranks) == 1, ranks  # one rank of the node
+        assert sum(s["waits"] for s in ranks) >= 1
+    waiting_node = next(ranks for ranks in nodes if all(s["fxgraph_cache_miss"] == 0
+                                                        for s in ranks))
+    representative = next(s for s in waiting_node if s["job_store_keys"] == 1)
+    assert representative["loaded_after_wait"] == 1
+    assert 1.0 < representative["waited_s"] < 25, representative  # woken well before stale
+    outs = [json.loads(p.read_text()) for p in tmp_path.glob("out?/out.rank*.json")]
+    assert len(outs) == 4 and all(o["y"] == pytest.approx(
+        (torch.arange(12.0).reshape(3, 4).cos() * 2).sum(dim=1).tolist()) for o in outs)
 
 
 VARIANTS = Path(jobs.__file__).with_name("variants.py")
