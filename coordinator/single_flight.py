@@ -35,7 +35,6 @@ from coordinator.topology import Topology
 log = logging.getLogger(__name__)
 
 LOG_EVERY_S = 5.0
-NODE_POLL_S = 0.02  # a node-local lock is polled; it costs no job-store operation
 
 
 class WaitResult(enum.Enum):
@@ -116,6 +115,16 @@ class NodeLock:
             return False
         self._file = f
         return True
+
+    def wait_free(self, freed: threading.Event) -> None:
+        """Block until no process holds the lock, then set `freed` (the lock is not kept)."""
+        try:
+            with open(self._path, "a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                fcntl.flock(f, fcntl.LOCK_UN)
+        except OSError:
+            pass  # no usable node dir: nothing to wait for
+        freed.set()
 
     def release(self) -> None:
         if self._file is not None:
@@ -254,11 +263,19 @@ class SingleFlight:
             node_lock.release()
 
     def _wait_on_node(self, name: str, what: str, start: float) -> WaitResult:
-        """Another process of this node deals with the job store: wait for its lock."""
+        """Another process of this node deals with the job store: wait for its lock.
+
+        A thread blocks in `flock` until the holder lets go (it takes the lock and gives it
+        back at once), so a waiter costs no CPU and wakes the moment the lock is free;
+        this thread only keeps the deadline and the log.
+        """
         node_lock = self._node_lock(name)
         assert node_lock is not None
+        freed = threading.Event()
+        threading.Thread(target=node_lock.wait_free, args=(freed,), name="pt2cc-node-wait",
+                         daemon=True).start()
         deadline, next_log = start + self._wait_timeout_s, start + LOG_EVERY_S
-        while not node_lock.try_acquire():
+        while not freed.wait(max(0.0, min(next_log, deadline) - time.monotonic())):
             now = time.monotonic()
             if now >= deadline:
                 log.warning("waited %.0f s (the deadline) for another rank of this node on "
@@ -268,9 +285,7 @@ class SingleFlight:
                 log.info("waiting for another rank of this node on %s (%.0f s so far)",
                          what, now - start)
                 next_log = now + LOG_EVERY_S
-            time.sleep(NODE_POLL_S)
-        node_lock.release()  # that process published, loaded, or died: look in the store
-        return WaitResult.DONE
+        return WaitResult.DONE  # that process published, loaded, or died: look in the store
 
     def _wait_on_job(self, name: str, what: str, start: float) -> WaitResult:
         """This node's representative: one blocking wait for the claimant's done mark (on a
