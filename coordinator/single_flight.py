@@ -117,10 +117,13 @@ class NodeLock:
         return True
 
     def wait_free(self, freed: threading.Event) -> None:
-        """Block until no process holds the lock, then set `freed` (the lock is not kept)."""
+        """Block until no process holds the lock, then set `freed` (the lock is not kept).
+
+        A shared lock: every waiter of the node gets it at once when the holder lets go,
+        instead of one after another."""
         try:
             with open(self._path, "a") as f:
-                fcntl.flock(f, fcntl.LOCK_EX)
+                fcntl.flock(f, fcntl.LOCK_SH)
                 fcntl.flock(f, fcntl.LOCK_UN)
         except OSError:
             pass  # no usable node dir: nothing to wait for
@@ -265,9 +268,9 @@ class SingleFlight:
     def _wait_on_node(self, name: str, what: str, start: float) -> WaitResult:
         """Another process of this node deals with the job store: wait for its lock.
 
-        A thread blocks in `flock` until the holder lets go (it takes the lock and gives it
-        back at once), so a waiter costs no CPU and wakes the moment the lock is free;
-        this thread only keeps the deadline and the log.
+        A thread blocks in `flock` until the holder lets go (it takes the lock shared and
+        gives it back at once), so a waiter costs no CPU and wakes the moment the lock is
+        free; this thread only keeps the deadline and the log.
         """
         node_lock = self._node_lock(name)
         assert node_lock is not None
