@@ -286,8 +286,8 @@ def render(report: dict, md: Path, png: Path | None, label: str) -> None:
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     lines += ["", "Least-squares slopes of job-store operations per key (8 ranks per node):", ""]
-    lines += [f"- {d}: {f['ops_per_key_per_node_slope']} per node, "
-              f"{f['ops_per_key_per_rank_slope']} per rank" for d, f in fits.items()]
+    lines += [f"- {d}: {f['ops_per_key_per_node_slope']:.2f} per node, "
+              f"{f['ops_per_key_per_rank_slope']:.2f} per rank" for d, f in fits.items()]
     md.write_text("\n".join(lines) + "\n")
     if png is None:
         return
