@@ -58,6 +58,10 @@ def describe(diff: list[str], ours: Components, stored: Components,
     """(what misses are counted by, the reason in full) for a miss whose nearest stored key
     differs in `diff`: ('differs in: Inductor config', 'nearest stored entry differs in:
     Inductor config max_autotune (False -> True)')."""
+    if not diff:
+        return ("differs in: a part PyTorch does not itemise",
+                "nearest stored entry has the same components; the key differs in a part "
+                "PyTorch does not itemise")
     parts, groups = [], []
     for name in diff:
         group = _group(name)
