@@ -13,6 +13,7 @@ from typing import Any
 
 from storage import explain, summary
 from storage.errors import StoreError
+from storage.location import read_json
 from storage.maintenance import (
     Scan,
     StoreRoot,
@@ -20,7 +21,6 @@ from storage.maintenance import (
     group_entries,
     open_root,
     plan_prune,
-    read_json,
     scan,
     summarize,
 )

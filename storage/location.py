@@ -6,6 +6,7 @@ install, whether a root is a bucket); everything else speaks plain fsspec.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -170,6 +171,18 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
         fs.pipe_file(path, data)
         return
     write_file(path, data)
+
+
+def read_json(fs: fsspec.AbstractFileSystem, path: str, retrier: Retrier) -> Any:
+    """A small JSON note of the store; None if it is missing or malformed (notes only
+    inform: explanations, environments, records of use)."""
+    try:
+        return json.loads(retrier.call("read", lambda: fs.cat_file(path)))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        log.debug("ignoring malformed %s", path)
+        return None
 
 
 def move(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections import Counter, defaultdict
@@ -28,7 +27,7 @@ from storage.layout import (
     versions_dir,
 )
 from storage.listing import FileInfo, find_files
-from storage.location import move
+from storage.location import move, read_json
 from storage.retry import Retrier
 
 log = logging.getLogger(__name__)
@@ -118,14 +117,6 @@ def scan(fs: fsspec.AbstractFileSystem, root: str, retrier: Retrier,
         result.entry_paths[entry] = f.path
     result.entries.sort(key=lambda e: (e.fingerprint, e.section, e.kind, e.key, -e.mtime))
     return result
-
-
-def read_json(fs: fsspec.AbstractFileSystem, path: str, retrier: Retrier) -> Any:
-    """A small JSON note of the store; None if it vanished or is malformed."""
-    try:
-        return json.loads(retrier.call("read", lambda: fs.cat_file(path)))
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 def summarize(s: Scan) -> dict[str, dict[str, int]]:

@@ -17,7 +17,7 @@ from storage import sealed
 from storage.errors import IntegrityError, StoreConfigError, StoreReadOnly, StoreUnavailable
 from storage.layout import Layout, decode_segment, is_digest, is_fingerprint, versions_dir
 from storage.listing import find_files, list_dirs, list_files
-from storage.location import move, resolve, write_atomic
+from storage.location import move, read_json, resolve, write_atomic
 from storage.node_cache import NodeCache
 from storage.retry import Retrier
 from storage.signing import load_signing_key
@@ -147,17 +147,9 @@ class ArtifactStore:
         return out
 
     def _read_json(self, path: str) -> Any:
-        """A small plain-JSON document; None if missing or malformed (it only informs)."""
+        """A small plain-JSON note; None if missing or malformed (it only informs)."""
         with self._errors_counted():
-            try:
-                raw = self._retrier.call("read", lambda: self.fs.cat_file(path))
-            except FileNotFoundError:
-                return None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            log.debug("ignoring malformed %s", path)
-            return None
+            return read_json(self.fs, path, self._retrier)
 
     @contextlib.contextmanager
     def _errors_counted(self) -> Iterator[None]:
