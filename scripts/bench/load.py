@@ -281,7 +281,8 @@ def render(report: dict, md: Path, png: Path | None, label: str) -> None:
     lines = [f"# Job-store load test ({label})", "",
              f"`scripts/bench/load.py` on {label}: {machine['cpus']} CPUs, torch "
              f"{machine['torch']}, Python {machine['python']}. One TCPStore server process; "
-             f"ranks are threads, {rows[0]['keys']} keys with fake compiles of "
+             f"ranks are threads, {_processes(machine)}; {rows[0]['keys']} keys with fake "
+             "compiles of "
              f"{', '.join(f'{d:g}' for d in rows[0]['compile_s'])} s.", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
@@ -313,6 +314,12 @@ def render(report: dict, md: Path, png: Path | None, label: str) -> None:
     fig.suptitle(f"job-store load, node-local single-flight vs polling ({label})")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
+
+
+def _processes(machine: dict) -> str:
+    per = machine.get("ranks_per_process")
+    return ("one process per simulated node" if per == 8
+            else f"up to {per or 64} per process")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                                                             [r["ops_per_key"] for r in by8]),
                         "ops_per_key_per_rank_slope": slope([r["ranks"] for r in by8],
                                                             [r["ops_per_key"] for r in by8])}
-    machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+               "ranks_per_process": a.ranks_per_process}
     import torch
 
     machine["torch"] = torch.__version__
