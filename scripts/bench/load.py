@@ -285,6 +285,7 @@ def render(report: dict, md: Path, png: Path | None, label: str) -> None:
              "compiles of "
              f"{', '.join(f'{d:g}' for d in rows[0]['compile_s'])} s.", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    rows = sorted(rows, key=lambda r: (r["ranks_per_node"], r["ranks"], r["design"]))
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     lines += ["", "Least-squares slopes of job-store operations per key (8 ranks per node):", ""]
     lines += [f"- {d}: {f['ops_per_key_per_node_slope']:.2f} per node, "
