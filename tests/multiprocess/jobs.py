@@ -48,6 +48,14 @@ def node_env(node: Path) -> dict[str, str]:
     }
 
 
+def cpu_job_env(node: Path) -> dict[str, str]:
+    """A CPU job's (gloo) on a simulated node, also where GPUs are visible, with this
+    checkout first on the path (wheels that a GPU machine adds there stay on it)."""
+    return {**node_env(node), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
+                                                        os.environ.get("PYTHONPATH")]))}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -66,8 +74,7 @@ def start(script: Path, args: list[str], *, node: Path, store: str | None, out: 
         cmd += ["-m", "coordinator", "--cache", store, "--stats-file", str(out / "stats"),
                 *launcher_args]
     cmd += [str(script), *args, "--out", str(out / "out")]
-    full_env = {**os.environ, **node_env(node), "OMP_NUM_THREADS": "1",
-                "PYTHONPATH": str(REPO), **(env or {})}
+    full_env = {**os.environ, **cpu_job_env(node), **(env or {})}
     return subprocess.Popen(cmd, env=full_env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
@@ -99,8 +106,8 @@ def run_without_torchrun(script: Path, args: list[str], *, node: Path, store: st
     store in PT2CC_CACHE, for a script that installs the coordinator itself."""
     out.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHELASTIC")}
-    env.update(node_env(node), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), WORLD_SIZE=str(nproc),
-               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    env.update(cpu_job_env(node), WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(free_port()))
     if launcher:
         cmd = [sys.executable, "-m", "coordinator", "--cache", store, "--stats-file",
                str(out / "stats"), str(script), *args, "--out", str(out / "out")]

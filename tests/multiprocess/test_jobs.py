@@ -231,14 +231,14 @@ def test_claimant_killed_mid_compile_survivor_compiles(tmp_path: Path) -> None:
     test_single_flight), and never look at the heartbeat."""
     server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
                            timeout=timedelta(seconds=30))
-    env = {**os.environ, "PYTHONPATH": str(jobs.REPO),
+    env = {**os.environ,
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(server.port), "WORLD_SIZE": "2",
            "TORCHELASTIC_RUN_ID": "survivor-test", "TORCHELASTIC_RESTART_COUNT": "0",
-           "DIE_ONCE_MARKER": str(tmp_path / "died"), "OMP_NUM_THREADS": "1"}
+           "DIE_ONCE_MARKER": str(tmp_path / "died")}
     cmd = [sys.executable, "-m", "coordinator", "--cache", str(tmp_path / "store"),
            "--stale-after", "6", str(DIE), "--out", str(tmp_path / "out")]
     t0 = time.monotonic()
-    procs = [subprocess.Popen(cmd, env={**env, **jobs.node_env(tmp_path / f"node{r}"),
+    procs = [subprocess.Popen(cmd, env={**env, **jobs.cpu_job_env(tmp_path / f"node{r}"),
                                         "RANK": str(r), "LOCAL_RANK": "0", "GROUP_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for r in range(2)]
