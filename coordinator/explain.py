@@ -51,6 +51,12 @@ class Explainer:
     def computed(self, kind: str, local_key: str, components: compat.KeyComponents) -> None:
         self._computed[(kind, local_key)] = components
 
+    def wants_lines(self, kind: str, local_key: str) -> bool:
+        """Whether a key's components are worth computing: not for a key the store held
+        at start-up (it hits, or misses on guards, which needs no components)."""
+        stored = self._stored
+        return stored is None or not any(kd == kind and local_key in k for kd, k in stored)
+
     def index_listed(self, listed: dict[tuple[str, str], list[str]]) -> None:
         """The store's index as the job found it: what a miss is compared with."""
         self._stored = {k: len(v) for k, v in listed.items()}

@@ -53,7 +53,7 @@ def install(artifacts: Artifacts, explainer: Explainer | None = None, *,
 
     undo.append(compat.wrap_candidates(candidates))
     if explainer is not None:  # every key PyTorch computes reaches it with its components
-        undo.append(compat.capture_key_components(explainer.computed))
+        undo.append(compat.capture_key_components(explainer.computed, explainer.wants_lines))
     previous_configs = compat.enable_caches()
     if not ddp_graph_split:
         previous_configs.update(compat.disable_ddp_graph_split())

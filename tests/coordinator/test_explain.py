@@ -116,3 +116,18 @@ def test_unwritable_stats_and_trace_paths_cost_one_line(store: Path, tmp_path: P
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(w.startswith(f"trace directory {blocker / 't'} is not usable") for w in warnings)
     assert any(w.startswith(f"writing stats to {blocker / 'stats'} failed") for w in warnings)
+
+
+def test_a_warm_hit_computes_no_key_components(store: Path, tmp_path: Path,
+                                               monkeypatch) -> None:
+    """AOTAutograd's per-part lines re-hash the whole graph: computed for keys the store
+    lacks (the job before published them), not for keys it holds."""
+    assert list(store.glob("**/index/aotautograd/*/components.json")), "none published"
+    pickler = torch._inductor.codecache.FxGraphCachePickler
+    calls = []
+    real = pickler.debug_lines
+    monkeypatch.setattr(pickler, "debug_lines", lambda self, d: calls.append(1) or real(self, d))
+    snap = compile_as_new_job(tmp_path, store, lambda: torch.compile(fn)(torch.ones(3, 4)),
+                              monkeypatch)
+    assert snap["autograd_cache_hit"] == 1 and snap["misses"] == {}, snap
+    assert calls == []
