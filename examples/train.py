@@ -112,10 +112,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
-    p.add_argument("--no-ddp", action="store_true", help="do not wrap in DDP even with ranks > 1")
-    p.add_argument("--fsdp", action="store_true",
-                   help="FSDP2 instead of DDP: fully_shard and compile each block (torchtitan's "
-                        "pattern), then shard the root")
+    p.add_argument("--parallel", choices=("ddp", "fsdp2", "none"), default="ddp",
+                   help="with ranks > 1: DDP over torch.compile (default); FSDP2, which shards "
+                        "and compiles each block (torchtitan's pattern), then shards the root, "
+                        "bf16 parameters on GPU; or none (each rank trains alone)")
     p.add_argument("--out", default=None, help="each rank writes PATH.rank<R>.json")
     args = p.parse_args(argv)
     if args.d_model % args.heads:
@@ -170,15 +170,17 @@ def main(argv: list[str] | None = None) -> None:
     model: nn.Module = GPT(cfg).to(device)
     dynamic = True if args.dynamic else None
     compiled: nn.Module
-    if args.fsdp and distributed:
-        from torch.distributed.fsdp import fully_shard
+    if args.parallel == "fsdp2" and distributed:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+              if device.type == "cuda" else MixedPrecisionPolicy())
         for block in model.blocks:
             block.compile(dynamic=dynamic)
-            fully_shard(block)
-        compiled = fully_shard(model)
+            fully_shard(block, mp_policy=mp)
+        compiled = fully_shard(model, mp_policy=mp)
     else:
-        if world_size > 1 and not args.no_ddp:
+        if world_size > 1 and args.parallel == "ddp":
             model = DDP(model)
         compiled = torch.compile(model, dynamic=dynamic)
 

@@ -15,7 +15,7 @@ Rows (time to step 1 = when the slowest rank finished step 1, counted from the l
   ddp uncoordinated-cold plain torchrun, empty caches: every rank compiles
   ddp warm-store         coordinated, the store of `cold`, a fresh node
   ddp warm-local         plain torchrun on the caches of `uncoordinated-cold`
-  and the same four with --no-ddp, then (budget allowing) DDP with Dynamo's DDP graph
+  and the same four with --parallel none, then (budget allowing) DDP with Dynamo's DDP graph
   splitting off (torch._dynamo.config.optimize_ddp = False): cold and warm-store.
 """
 
@@ -119,10 +119,10 @@ def benchmark(args: argparse.Namespace, work: Path, deadline: float) -> dict[str
     job("ddp/uncoordinated-cold", "n-ddp-plain", None)
     job("ddp/warm-store", "n-ddp-fresh", ddp, needs="ddp/cold")
     job("ddp/warm-local", "n-ddp-plain", None, needs="ddp/uncoordinated-cold")
-    job("noddp/cold", "n-noddp-cold", noddp, ["--no-ddp"])
-    job("noddp/warm-store", "n-noddp-fresh", noddp, ["--no-ddp"], needs="noddp/cold")
-    job("noddp/uncoordinated-cold", "n-noddp-plain", None, ["--no-ddp"])
-    job("noddp/warm-local", "n-noddp-plain", None, ["--no-ddp"],
+    job("noddp/cold", "n-noddp-cold", noddp, ["--parallel", "none"])
+    job("noddp/warm-store", "n-noddp-fresh", noddp, ["--parallel", "none"], needs="noddp/cold")
+    job("noddp/uncoordinated-cold", "n-noddp-plain", None, ["--parallel", "none"])
+    job("noddp/warm-local", "n-noddp-plain", None, ["--parallel", "none"],
         needs="noddp/uncoordinated-cold")
     job("ddp-nosplit/cold", "n-nosplit-cold", nosplit, env=nosplit_env)
     job("ddp-nosplit/warm-store", "n-nosplit-fresh", nosplit, env=nosplit_env,

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="profile-warm-"))
-    args = shlex.split(a.train_args) + ["--no-ddp"]
+    args = shlex.split(a.train_args) + ["--parallel", "none"]
     store = str(work / "store")
     times: dict[str, list[dict]] = {}
     run(work, "plain-cold", "local", args, ours=None, profile=None)

@@ -129,6 +129,22 @@ def test_ranks_started_without_torchrun(train: dict, tmp_path: Path) -> None:
     assert_same_losses(warm, train["baseline"])
 
 
+def test_fsdp2_per_block_compile(train: dict, tmp_path: Path) -> None:
+    """FSDP2 over gloo, each block compiled and sharded (torchtitan's pattern): each FX graph
+    compiles on one rank, a fresh node compiles nothing. The losses match the uncoordinated
+    DDP job's: same model, seed and batches; only the order of the reductions differs."""
+    store, args = tmp_path / "store", ["--steps", "3", "--parallel", "fsdp2"]
+    cold = jobs.run(jobs.TRAIN, args, node=tmp_path / "a", store=str(store),
+                    out=tmp_path / "cold").check()
+    assert_each_graph_compiled_once(cold, store)
+    assert_same_losses(cold, train["baseline"])
+    warm = jobs.run(jobs.TRAIN, args, node=tmp_path / "b", store=str(store),
+                    out=tmp_path / "warm").check()
+    for stats in warm.stats:
+        assert stats["fxgraph_cache_miss"] == 0 and stats["fxgraph_cache_hit"] > 0, stats
+    assert_same_losses(warm, train["baseline"])
+
+
 @pytest.fixture(scope="module")
 def scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("scenarios")
