@@ -105,6 +105,16 @@ def local_dir_for_key(cls: type, key: str) -> str:
     return cls._get_tmp_dir_for_key(key)  # type: ignore[attr-defined]
 
 
+def forget_remote_caches() -> None:
+    """Drop the remote cache AOTAutograd memoises per process (`functools.cache`): one
+    built before `install` (None while remote caching was off) or by an earlier install
+    would send its lookups and publishes past ours, or to a store no longer installed."""
+    aot = importlib.import_module("torch._functorch._aot_autograd.autograd_cache")
+    clear = getattr(getattr(aot.AOTAutogradCache, "get_remote_cache", None), "cache_clear", None)
+    if clear is not None:
+        clear()
+
+
 def guarded_kind(cls: type) -> str | None:
     """Our kind for a GuardedCache subclass (FxGraphCache, AOTAutogradCache)."""
     return {"FxGraphCache": "fxgraph", "AOTAutogradCache": "aotautograd"}.get(cls.__name__)

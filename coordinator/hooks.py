@@ -61,6 +61,9 @@ def install(artifacts: Artifacts, explainer: Explainer | None = None, *,
     undo.append(compat.register_compile_callbacks(
         lambda _args: artifacts.compile_started(), lambda _args: artifacts.compile_ended()))
 
+    compat.forget_remote_caches()
+    undo.append(compat.forget_remote_caches)
+
     def uninstall() -> None:
         for step in reversed(undo):
             step()

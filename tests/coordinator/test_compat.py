@@ -88,6 +88,28 @@ def test_remote_key_matches_what_the_backend_sees(tmp_path, monkeypatch) -> None
     assert keys["offer"] and keys["offer"] == keys["get"] == keys["put"], recorder.calls
 
 
+def test_each_install_sees_aotautograd_lookups(tmp_path, monkeypatch) -> None:
+    """AOTAutograd memoises its remote cache per process: after an uninstall and a new
+    install (a notebook, a test suite) its lookups and publishes reach the new hooks."""
+    import torch
+
+    from coordinator import hooks
+
+    seen = []
+    for i in range(2):
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / str(i)))
+        recorder = Recorder()
+        undo = hooks.install(recorder)  # type: ignore[arg-type]
+        try:
+            torch._dynamo.reset()
+            torch.compile(lambda x: x.cos() * 2)(torch.ones(3, requires_grad=True)).sum().backward()
+        finally:
+            undo()
+            torch._dynamo.reset()
+        seen.append({e for e, kind, _ in recorder.calls if kind == "aotautograd"})
+    assert seen == [{"offer", "get", "put"}] * 2, seen
+
+
 def test_compile_callbacks_survive_dynamo_reset() -> None:
     """User code calls torch._dynamo.reset() between compiles; it clears every callback."""
     import torch
