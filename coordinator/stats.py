@@ -46,6 +46,9 @@ class RankStats:
     miss_details: list[dict[str, str | None]] = dataclasses.field(default_factory=list)
     trace: Trace | None = dataclasses.field(default=None, repr=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+    # PyTorch's cache counters are per process: ours count from the install on.
+    _counted_from: dict[str, int] = dataclasses.field(default_factory=compat.cache_counters,
+                                                      repr=False)
 
     @contextlib.contextmanager
     def phase(self, name: str, **args: object) -> Iterator[None]:
@@ -80,7 +83,8 @@ class RankStats:
             out["miss_details"] = list(self.miss_details)
             out["phases"] = {name: {"s": round(sc[0], 4), "calls": int(sc[1])}
                              for name, sc in sorted(self.phases.items())}
-        out.update(compat.cache_counters())
+        out.update({name: n - self._counted_from.get(name, 0)
+                    for name, n in compat.cache_counters().items()})
         out["torch_phases"] = compat.compile_time_metrics()
         out["waits"] = flight.waits if flight is not None else 0
         out["waited_s"] = round(flight.waited_s, 3) if flight is not None else 0.0
