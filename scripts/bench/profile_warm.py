@@ -18,32 +18,30 @@ import io
 import json
 import pstats
 import shlex
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import harness
 
+TIMEOUT_S = 900.0  # one process's job
+
 
 def run(work: Path, name: str, node: str, train_args: list[str], *, ours: list[str] | None,
         profile: Path | None) -> dict:
-    """One process of examples/train.py; its output record and wall time."""
+    """One process of examples/train.py (harness.run: its log, launch time, deadline)."""
     out = work / "out" / name
-    out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable]
     if profile is not None:
         cmd += ["-m", "cProfile", "-o", str(profile)]
     cmd += ["-m", "coordinator", *ours] if ours is not None else []
     cmd += [str(harness.TRAIN), *train_args, "--out", str(out)]
-    env = harness.job_env(work / node, {"PT2CC_T0": repr(time.time())})
-    t0 = time.monotonic()
-    subprocess.run(cmd, env=env, check=True, cwd=harness.REPO, stdout=subprocess.DEVNULL,
-                   stderr=open(work / f"{name}.log", "w"))  # noqa: SIM115
-    wall = time.monotonic() - t0
-    record = json.loads((work / "out" / f"{name}.rank0.json").read_text())
+    log = work / f"{name}.log"
+    rc, wall = harness.run(cmd, harness.job_env(work / node), log, TIMEOUT_S)
+    if rc != 0:
+        raise RuntimeError(f"{name} failed ({rc}):\n{harness.log_tail(log)}")
+    record = harness.read_ranks(out, 1)[0]
     return {"wall_s": round(wall, 2), "time_to_step1_s": round(record["time_to_step1_s"], 2),
             "time_to_main_s": round(record.get("time_to_main_s", 0.0), 2)}
 
