@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from coordinator import compat
 from coordinator.trace import Trace
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from storage.fail_open import FailOpenStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T", int, float)
 
 
 MAX_MISS_DETAILS = 100
@@ -46,9 +47,12 @@ class RankStats:
     miss_details: list[dict[str, str | None]] = dataclasses.field(default_factory=list)
     trace: Trace | None = dataclasses.field(default=None, repr=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
-    # PyTorch's cache counters are per process: ours count from the install on.
-    _counted_from: dict[str, int] = dataclasses.field(default_factory=compat.cache_counters,
-                                                      repr=False)
+    # PyTorch's cache counters and phase times are per process: ours count from the
+    # install on.
+    _counters_at_start: dict[str, int] = dataclasses.field(
+        default_factory=compat.cache_counters, repr=False)
+    _torch_phases_at_start: dict[str, float] = dataclasses.field(
+        default_factory=compat.compile_time_metrics, repr=False)
 
     @contextlib.contextmanager
     def phase(self, name: str, **args: object) -> Iterator[None]:
@@ -83,9 +87,9 @@ class RankStats:
             out["miss_details"] = list(self.miss_details)
             out["phases"] = {name: {"s": round(sc[0], 4), "calls": int(sc[1])}
                              for name, sc in sorted(self.phases.items())}
-        out.update({name: n - self._counted_from.get(name, 0)
-                    for name, n in compat.cache_counters().items()})
-        out["torch_phases"] = compat.compile_time_metrics()
+        out.update(_since(compat.cache_counters(), self._counters_at_start))
+        out["torch_phases"] = {name: round(s, 4) for name, s in _since(
+            compat.compile_time_metrics(), self._torch_phases_at_start).items()}
         out["waits"] = flight.waits if flight is not None else 0
         out["waited_s"] = round(flight.waited_s, 3) if flight is not None else 0.0
         out["job_store_ops"] = flight.job_store_ops if flight is not None else 0
@@ -116,3 +120,8 @@ class RankStats:
             json.dump(snap, f, indent=1, sort_keys=True)
         os.replace(tmp, target)
         return target
+
+
+def _since(now: dict[str, T], start: dict[str, T]) -> dict[str, T]:
+    """Per-process totals of PyTorch's, less what they were at the install."""
+    return {name: v - start.get(name, 0) for name, v in now.items()}
