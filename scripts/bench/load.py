@@ -281,7 +281,7 @@ def render(report: dict, md: Path, png: Path | None, label: str) -> None:
     lines = [f"# Job-store load test ({label})", "",
              f"`scripts/bench/load.py` on {label}: {machine['cpus']} CPUs, torch "
              f"{machine['torch']}, Python {machine['python']}. One TCPStore server process; "
-             f"ranks are threads, {_processes(machine)}; {rows[0]['keys']} keys with fake "
+             f"ranks are threads, {_processes(machine, rows)}; {rows[0]['keys']} keys with fake "
              "compiles of "
              f"{', '.join(f'{d:g}' for d in rows[0]['compile_s'])} s.", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -317,10 +317,12 @@ def render(report: dict, md: Path, png: Path | None, label: str) -> None:
     fig.savefig(png, dpi=110)
 
 
-def _processes(machine: dict) -> str:
-    per = machine.get("ranks_per_process")
-    return ("one process per simulated node" if per == 8
-            else f"up to {per or 64} per process")
+def _processes(machine: dict, rows: list[dict]) -> str:
+    """How run_one spread the ranks: nodes per process = ranks per process // per node."""
+    per = machine.get("ranks_per_process", 64)
+    if all(per // r["ranks_per_node"] <= 1 for r in rows):
+        return "one process per simulated node"
+    return f"up to {per} per process (whole nodes)"
 
 
 def main(argv: list[str] | None = None) -> int:
