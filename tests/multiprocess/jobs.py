@@ -49,8 +49,8 @@ def node_env(node: Path) -> dict[str, str]:
 
 
 def cpu_job_env(node: Path) -> dict[str, str]:
-    """A CPU job's (gloo) on a simulated node, also where GPUs are visible, with this
-    checkout first on the path (wheels that a GPU machine adds there stay on it)."""
+    """The environment of a CPU job (gloo) on a simulated node: no GPU even where one is
+    visible, this checkout first on the path (wheels a GPU machine adds stay on it)."""
     return {**node_env(node), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
                                                         os.environ.get("PYTHONPATH")]))}
