@@ -221,14 +221,22 @@ class ArtifactStore:
                 return payload
             blob = self._fetch(digest)
             payload = sealed.decode(blob, digest, self._key)
-            try:
-                nc.put(digest, blob)
-            except OSError as e:
-                if "node cache" not in self._warned:
-                    self._warned.add("node cache")
-                    log.warning("node cache %s not writable (%s); continuing without it",
-                                nc.dir, e)
+            self._keep_on_node(digest, blob)
             return payload
+
+    def _keep_on_node(self, digest: str, blob: bytes) -> None:
+        """A copy for this machine's other processes; a node cache we cannot write is
+        skipped (one warning), never an error."""
+        nc = self.node_cache
+        if nc is None:
+            return
+        try:
+            nc.put(digest, blob)
+        except OSError as e:
+            if "node cache" not in self._warned:
+                self._warned.add("node cache")
+                log.warning("node cache %s not writable (%s); continuing without it",
+                            nc.dir, e)
 
     def _quarantine(self, digest: str, err: IntegrityError) -> None:
         """Move a bad object aside so that no reader trips over it again, and say so once."""
@@ -291,7 +299,8 @@ class ArtifactStore:
             raise
 
     def _publish(self, entry_dir: str, data: bytes) -> str:
-        """Object first, entry second, so a live writer never leaves an entry without object.
+        """Object first, entry second, so a live writer never leaves an entry without object;
+        then a copy in the node cache.
 
         The object is written even when it exists: the write is idempotent, repairs a
         damaged copy and refreshes its mtime, which keeps `prune` from removing it while
@@ -306,6 +315,8 @@ class ArtifactStore:
             self._retrier.call("put object", lambda: write_atomic(self.fs, obj, blob))
             self._retrier.call("put entry", lambda: write_atomic(self.fs, entry, marker))
         self._count(puts=1, bytes_written=len(blob) + len(marker))
+        # Ranks of this machine waiting for it then read it locally, not from the store.
+        self._keep_on_node(digest, blob)
         return digest
 
 

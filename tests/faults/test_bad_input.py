@@ -71,12 +71,14 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> list[subprocess.CompletedProcess]:
-    """Every case launched at once: most stop before importing torch, some after."""
+    """Every case launched at once: most stop before importing torch, some after. Their
+    directories are made first: pytest's temporary directories are not thread-safe."""
+    tmps = [tmp_path_factory.mktemp(f"bad{i}") for i in range(len(CASES))]
+
     def one(i: int) -> subprocess.CompletedProcess:
-        tmp = tmp_path_factory.mktemp(f"bad{i}")
-        files = _files(tmp)
+        files = _files(tmps[i])
         args, env, _ = CASES[i]
-        return launch([a.format(**files) for a in args], tmp,
+        return launch([a.format(**files) for a in args], tmps[i],
                       {k: v.format(**files) for k, v in env.items()})
 
     with ThreadPoolExecutor(max_workers=6) as pool:

@@ -6,13 +6,17 @@ Triton's caches, the node-local object tier, TMPDIR); a fresh node is a new dire
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import functools
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +41,13 @@ class Job:
         return sum(s[counter] for s in self.stats)
 
 
-def node_env(node: Path) -> dict[str, str]:
+def node_env(node: Path, *, seed_probes: bool = True) -> dict[str, str]:
+    """A node's directories (made if new). A new node is a machine that has run Inductor
+    before but never these graphs: Inductor's vector-ISA probes are seeded into its cache
+    (`seed_probes=False`: a machine that never ran it)."""
+    inductor = node / "inductor"
+    if seed_probes and not inductor.exists():
+        shutil.copytree(cpu_probes(), inductor, ignore=shutil.ignore_patterns("locks"))
     for sub in ("inductor", "triton", "objects", "tmp"):
         (node / sub).mkdir(parents=True, exist_ok=True)
     return {
@@ -48,10 +58,27 @@ def node_env(node: Path) -> dict[str, str]:
     }
 
 
-def cpu_job_env(node: Path) -> dict[str, str]:
+@functools.cache
+def cpu_probes() -> Path:
+    """Inductor's vector-ISA probes, built once per test process: each is a g++ build of
+    Inductor's vector headers, 11 s in all on 2 cores, paid again by every fresh cache dir
+    although it tests nothing of ours (the snapshot carries them to really fresh nodes)."""
+    probes = Path(tempfile.mkdtemp(prefix="pt2cc-isa-probes-"))
+    atexit.register(shutil.rmtree, probes, ignore_errors=True)
+    subprocess.run([sys.executable, "-c", "from torch._inductor import cpu_vec_isa as v; "
+                    "v.pick_vec_isa()"], check=True, timeout=300,
+                   env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(probes),
+                        "CUDA_VISIBLE_DEVICES": ""})
+    return probes
+
+
+def cpu_job_env(node: Path, *, seed_probes: bool = True) -> dict[str, str]:
     """The environment of a CPU job (gloo) on a simulated node: no GPU even where one is
-    visible, this checkout first on the path (wheels a GPU machine adds stay on it)."""
-    return {**node_env(node), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+    visible, this checkout first on the path (wheels a GPU machine adds stay on it), and
+    Inductor compiling in the rank's own process (by default each rank would start a
+    worker per core: 32 on a 64-core GPU host, for a few small kernels)."""
+    return {**node_env(node, seed_probes=seed_probes), "CUDA_VISIBLE_DEVICES": "",
+            "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
                                                         os.environ.get("PYTHONPATH")]))}
 
@@ -64,8 +91,9 @@ def free_port() -> int:
 
 def start(script: Path, args: list[str], *, node: Path, store: str | None, out: Path,
           nproc: int = 2, launcher_args: list[str] = (), torchrun_args: list[str] = (),
-          env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start `torchrun [-m coordinator --cache STORE] SCRIPT ARGS`; store=None: uncoordinated."""
+          env: dict[str, str] | None = None, seed_probes: bool = True) -> subprocess.Popen:
+    """Start `torchrun [-m coordinator --cache STORE] SCRIPT ARGS`; store=None: uncoordinated.
+    `seed_probes`: see `node_env`."""
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
            "--nproc-per-node", str(nproc), "--rdzv-backend", "c10d",
@@ -74,7 +102,7 @@ def start(script: Path, args: list[str], *, node: Path, store: str | None, out: 
         cmd += ["-m", "coordinator", "--cache", store, "--stats-file", str(out / "stats"),
                 *launcher_args]
     cmd += [str(script), *args, "--out", str(out / "out")]
-    full_env = {**os.environ, **cpu_job_env(node), **(env or {})}
+    full_env = {**os.environ, **cpu_job_env(node, seed_probes=seed_probes), **(env or {})}
     return subprocess.Popen(cmd, env=full_env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 

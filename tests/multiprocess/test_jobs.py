@@ -51,7 +51,7 @@ def train(tmp_path_factory: pytest.TempPathFactory) -> dict:
                     out=tmp / "cold", launcher_args=["--trace", str(tmp / "trace")]).check()
     cxx_env, cxx_log = jobs.compiler_log_env(tmp)
     warm = jobs.run(jobs.TRAIN, args, node=tmp / "node-b", store=f"file://{store}",
-                    out=tmp / "warm", env=cxx_env).check()
+                    out=tmp / "warm", env=cxx_env, seed_probes=False).check()
     return {"baseline": baseline, "cold": cold, "warm": warm, "store": store, "cxx": cxx_log,
             "nodes": tmp}
 
