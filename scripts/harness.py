@@ -100,25 +100,24 @@ def coordinator(cache: str, stats: Path, tag: str | None = None) -> list[str]:
 
 
 def start(cmd: list[str], env: dict[str, str], log: Path,
-          t0: float | None = None, cwd: Path = REPO) -> subprocess.Popen:
+          t0: float | None = None) -> subprocess.Popen:
     """Start a job in its own session (so that it, and only it, can be killed), its output
     in `log` after the command line. PT2CC_T0 is the launch time (taken here, last, unless
-    jobs started together share `t0`): time to step 1 counts torchrun's own start-up.
-    `cwd` is where `-m coordinator` is imported from: another checkout runs its own code."""
+    jobs started together share `t0`): time to step 1 counts torchrun's own start-up."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as f:
         f.write(shlex.join(cmd) + "\n")
         f.flush()
         env = {**env, "PT2CC_T0": repr(time.time() if t0 is None else t0)}
-        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT,
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
 
 def run(cmd: list[str], env: dict[str, str], log: Path, timeout: float,
-        grace_s: float = 20.0, cwd: Path = REPO) -> tuple[int | None, float]:
+        grace_s: float = 20.0) -> tuple[int | None, float]:
     """Start a job and wait for it: (exit status or None when killed at `timeout`, wall s)."""
     t0 = time.perf_counter()
-    rc = wait_or_kill(start(cmd, env, log, cwd=cwd), timeout, grace_s)
+    rc = wait_or_kill(start(cmd, env, log), timeout, grace_s)
     return rc, time.perf_counter() - t0
 
 
