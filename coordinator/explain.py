@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from coordinator import compat
 from coordinator.stats import RankStats
@@ -43,6 +44,7 @@ class Explainer:
         self._environments: dict[str, dict[str, str]] | None = None
         self._done: set[tuple[str, str]] = set()
         self._described = False
+        self._describing = threading.Lock()  # the environment is described once
         self._pending = 0
         self._idle = threading.Condition()
 
@@ -63,45 +65,57 @@ class Explainer:
 
     def published(self, kind: str, key: str) -> None:
         """After a publish: keep the key's components beside it (and say once what this
-        store's fingerprint stands for)."""
-        if not self._described:
-            self._described = True
-            self._store.describe_environment(self._environment)
-        components = self._components(kind, key)
-        if components:
-            self._store.put_components(kind, key, components)
+        store's fingerprint stands for), on a thread of our own: no rank waits for them,
+        so the compile thread (and the ranks waiting for its release) should not."""
+        if components := self._components(kind, key):
+            self._in_background(f"keeping the components of {kind} {key}",
+                                self._keep_components, kind, key, components)
 
     def missed(self, kind: str, key: str) -> None:
         """PyTorch compiles `key`: find out why, on a thread of our own."""
         if (kind, key) in self._done:
             return
         self._done.add((kind, key))
-        compile_id = compat.current_compile_id()
-        with self._idle:
-            self._pending += 1
-        threading.Thread(target=self._run, args=(kind, key, compile_id),
-                         name="pt2cc-explain", daemon=True).start()
+        self._in_background(f"explaining the miss of {kind} {key}", self._explain_miss,
+                            kind, key, compat.current_compile_id())
 
     def drain(self, timeout_s: float) -> None:
-        """Wait (at exit) for the reasons still being worked out."""
+        """Wait (at exit) for the reasons and components still being worked out."""
         with self._idle:
             if not self._idle.wait_for(lambda: self._pending == 0, timeout_s):
-                log.info("%d miss reasons still unknown after %.0f s", self._pending, timeout_s)
+                log.info("%d miss reasons or key components still pending after %.0f s",
+                         self._pending, timeout_s)
 
     # -- internals -----------------------------------------------------------------------
 
-    def _run(self, kind: str, key: str, compile_id: str | None) -> None:
-        try:
-            with self._stats.phase("explain", key=key):
-                group, reason = self.explain(kind, key)
-            self._stats.miss(kind, key, group, reason, compile_id)
-            log.debug("%s %s (compile %s) missed: %s", kind, key, compile_id, reason)
-        except Exception:
-            log.exception("explaining the miss of %s %s failed", kind, key)
-        finally:
-            with self._idle:
-                self._pending -= 1
-                self._idle.notify_all()
+    def _in_background(self, what: str, work: Callable[..., None], *args: object) -> None:
+        """`work(*args)` on a daemon thread that `drain` waits for; a failure is logged."""
+        def run() -> None:
+            try:
+                work(*args)
+            except Exception:
+                log.exception("%s failed", what)
+            finally:
+                with self._idle:
+                    self._pending -= 1
+                    self._idle.notify_all()
+
+        with self._idle:
+            self._pending += 1
+        threading.Thread(target=run, name="pt2cc-explain", daemon=True).start()
+
+    def _keep_components(self, kind: str, key: str, components: compat.KeyComponents) -> None:
+        with self._describing:
+            if not self._described:
+                self._store.describe_environment(self._environment)
+                self._described = True
+        self._store.put_components(kind, key, components)
+
+    def _explain_miss(self, kind: str, key: str, compile_id: str | None) -> None:
+        with self._stats.phase("explain", key=key):
+            group, reason = self.explain(kind, key)
+        self._stats.miss(kind, key, group, reason, compile_id)
+        log.debug("%s %s (compile %s) missed: %s", kind, key, compile_id, reason)
 
     def explain(self, kind: str, key: str) -> tuple[str, str]:
         """(the group misses are counted by, the reason in full)."""

@@ -61,7 +61,7 @@ def node_env(node: Path, *, seed_probes: bool = True) -> dict[str, str]:
 @functools.cache
 def cpu_probes() -> Path:
     """Inductor's vector-ISA probes, built once per test process: each is a g++ build of
-    Inductor's vector headers, 11 s in all on 2 cores, paid again by every fresh cache dir
+    Inductor's vector headers, 13 s in all on 2 cores, paid again by every fresh cache dir
     although it tests nothing of ours (the snapshot carries them to really fresh nodes)."""
     probes = Path(tempfile.mkdtemp(prefix="pt2cc-isa-probes-"))
     atexit.register(shutil.rmtree, probes, ignore_errors=True)
