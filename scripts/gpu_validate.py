@@ -15,7 +15,8 @@ Rows (time to step 1 = when the slowest rank finished step 1, counted from the l
   ddp uncoordinated-cold plain torchrun, empty caches: every rank compiles
   ddp warm-store         coordinated, the store of `cold`, a fresh node
   ddp warm-local         plain torchrun on the caches of `uncoordinated-cold`
-  and the same four with --parallel none, then (budget allowing) DDP with Dynamo's DDP graph
+  and the same four with --parallel none and with --parallel fsdp2 (each block compiled,
+  then sharded, bf16 parameters), then (budget allowing) DDP with Dynamo's DDP graph
   splitting off (torch._dynamo.config.optimize_ddp = False): cold and warm-store.
 """
 
@@ -87,7 +88,8 @@ def run_row(name: str, work: Path, node: Path, train_args: list[str], cache: str
 def benchmark(args: argparse.Namespace, work: Path, deadline: float) -> dict[str, Any]:
     train_args = shlex.split(args.train_args)
     # One store per variant: each warm row then finds its own cold row's snapshot.
-    ddp, noddp, nosplit = (str(work / f"store-{v}") for v in ("ddp", "noddp", "nosplit"))
+    ddp, noddp, fsdp2, nosplit = (str(work / f"store-{v}")
+                                  for v in ("ddp", "noddp", "fsdp2", "nosplit"))
     rows: list[dict[str, Any]] = []
     failed: set[str] = set()
 
@@ -124,6 +126,11 @@ def benchmark(args: argparse.Namespace, work: Path, deadline: float) -> dict[str
     job("noddp/uncoordinated-cold", "n-noddp-plain", None, ["--parallel", "none"])
     job("noddp/warm-local", "n-noddp-plain", None, ["--parallel", "none"],
         needs="noddp/uncoordinated-cold")
+    fsdp = ["--parallel", "fsdp2"]
+    job("fsdp2/cold", "n-fsdp2-cold", fsdp2, fsdp)
+    job("fsdp2/warm-store", "n-fsdp2-fresh", fsdp2, fsdp, needs="fsdp2/cold")
+    job("fsdp2/uncoordinated-cold", "n-fsdp2-plain", None, fsdp)
+    job("fsdp2/warm-local", "n-fsdp2-plain", None, fsdp, needs="fsdp2/uncoordinated-cold")
     job("ddp-nosplit/cold", "n-nosplit-cold", nosplit, env=nosplit_env)
     job("ddp-nosplit/warm-store", "n-nosplit-fresh", nosplit, env=nosplit_env,
         needs="ddp-nosplit/cold")
@@ -141,6 +148,7 @@ def benchmark(args: argparse.Namespace, work: Path, deadline: float) -> dict[str
         "warm_store_over_warm_local": {
             "ddp": ratio("ddp/warm-store", "ddp/warm-local"),
             "noddp": ratio("noddp/warm-store", "noddp/warm-local"),
+            "fsdp2": ratio("fsdp2/warm-store", "fsdp2/warm-local"),
             "target": TARGET_RATIO,
         },
         "warm_ddp_over_warm_noddp": {
@@ -250,8 +258,8 @@ def markdown(report: dict[str, Any]) -> str:
             ["row", "time to step 1 (max over ranks)", "graphs compiled per rank",
              "loaded per rank", "waits", "job wall"], map(_bench_cells, b["rows"]), spaced=True)
         ratios = b["warm_store_over_warm_local"]
-        lines += ["", f"warm-store / warm-local: DDP {ratios['ddp']}, no DDP {ratios['noddp']} "
-                  f"(target <= {ratios['target']}).",
+        lines += ["", f"warm-store / warm-local: DDP {ratios['ddp']}, no DDP {ratios['noddp']}, "
+                  f"FSDP2 {ratios.get('fsdp2')} (target <= {ratios['target']}).",
                   f"warm DDP / warm no-DDP (from the store): {b['warm_ddp_over_warm_noddp']}.",
                   "Per-rank columns are rank0/rank1 (coordinated rows only)."]
         reasons = next((r.get("autograd_cache_bypass_reasons") for r in b["rows"]
