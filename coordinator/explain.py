@@ -67,9 +67,8 @@ class Explainer:
         """After a publish: keep the key's components beside it (and say once what this
         store's fingerprint stands for), on a thread of our own: no rank waits for them,
         so the compile thread (and the ranks waiting for its release) should not."""
-        if components := self._components(kind, key):
-            self._in_background(f"keeping the components of {kind} {key}",
-                                self._keep_components, kind, key, components)
+        self._in_background(f"keeping the components of {kind} {key}",
+                            self._keep_components, kind, key)
 
     def missed(self, kind: str, key: str) -> None:
         """PyTorch compiles `key`: find out why, on a thread of our own."""
@@ -104,7 +103,10 @@ class Explainer:
             self._pending += 1
         threading.Thread(target=run, name="pt2cc-explain", daemon=True).start()
 
-    def _keep_components(self, kind: str, key: str, components: compat.KeyComponents) -> None:
+    def _keep_components(self, kind: str, key: str) -> None:
+        components = self._components(kind, key)  # a scan of the computed keys
+        if not components:
+            return
         with self._describing:
             if not self._described:
                 self._store.describe_environment(self._environment)
