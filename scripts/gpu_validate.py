@@ -259,7 +259,7 @@ def markdown(report: dict[str, Any]) -> str:
              "loaded per rank", "waits", "job wall"], map(_bench_cells, b["rows"]), spaced=True)
         ratios = b["warm_store_over_warm_local"]
         lines += ["", f"warm-store / warm-local: DDP {ratios['ddp']}, no DDP {ratios['noddp']}, "
-                  f"FSDP2 {ratios.get('fsdp2')} (target <= {ratios['target']}).",
+                  f"FSDP2 {ratios['fsdp2']} (target <= {ratios['target']}).",
                   f"warm DDP / warm no-DDP (from the store): {b['warm_ddp_over_warm_noddp']}.",
                   "Per-rank columns are rank0/rank1 (coordinated rows only)."]
         reasons = next((r.get("autograd_cache_bypass_reasons") for r in b["rows"]

@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 KIND = "fxgraph"
 POLL_S = 0.05
 DESIGNS = ("node-local", "polling")
+RANKS_PER_PROCESS = 64  # default of --ranks-per-process; reports older than it lack it
 
 
 def delays(keys: int, seed: int) -> list[float]:
@@ -319,7 +320,7 @@ def render(report: dict, md: Path, png: Path | None, label: str) -> None:
 
 def _processes(machine: dict, rows: list[dict]) -> str:
     """How run_one spread the ranks: nodes per process = ranks per process // per node."""
-    per = machine.get("ranks_per_process", 64)
+    per = machine.get("ranks_per_process", RANKS_PER_PROCESS)
     if all(per // r["ranks_per_node"] <= 1 for r in rows):
         return "one process per simulated node"
     return f"up to {per} per process (whole nodes)"
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-scale", type=float, default=1.0,
                    help="multiply every fake compile time (a quick try: 0.1)")
     p.add_argument("--stale-after", type=float, default=30.0)
-    p.add_argument("--ranks-per-process", type=int, default=64)
+    p.add_argument("--ranks-per-process", type=int, default=RANKS_PER_PROCESS)
     p.add_argument("--json", default=None)
     p.add_argument("--render", nargs=3, metavar=("JSON", "MD", "LABEL"),
                    help="only write the tables of a saved report (and MD's .png)")
