@@ -43,6 +43,7 @@ class _Installation:
 
     def report(self) -> dict:
         """This rank's summary line and files; on rank 0, the job's summary too."""
+        self.artifacts.drain(self.config.store_timeout_s * 2)
         if self.snapshots is not None:
             self.snapshots.publish()
         if self.explainer is not None:

@@ -14,6 +14,7 @@ import threading
 import time
 
 from coordinator import bundle, compat
+from coordinator.background import Background
 from coordinator.explain import Explainer
 from coordinator.kernels import KernelFiles
 from coordinator.single_flight import SingleFlight, WaitResult
@@ -70,6 +71,8 @@ class Artifacts:
         # or placed, and what the snapshot placed (shared with Snapshots, which carries it).
         self.entry_names: dict[str, str] = entry_names if entry_names is not None else {}
         self._lock = threading.Lock()
+        # Publishes of kinds nobody waits for (no claim): off the compile thread.
+        self._publisher = Background("pt2cc-publish")
         if store is None:
             self._index_ready.set()
 
@@ -124,20 +127,28 @@ class Artifacts:
         self._specialised.add((kind, key))
 
     def put(self, kind: str, key: str, value: bytes) -> None:
-        """PyTorch publishing a fresh entry: store it, then let waiters in."""
+        """PyTorch publishing a fresh entry. A claimed kind is stored before the waiters
+        are let in; the others (nobody waits for them) are stored in the background."""
         if (waited := self._waited.pop((kind, key), None)) is not None:
             self._stats.wasted_wait_s += waited  # waited, then compiled all the same
         if (started := self._missed_at.pop((kind, key), None)) is not None \
                 and self._stats.trace is not None:
             self._stats.trace.span(f"compile {kind}", started, time.time(), key=key,
                                    compile_id=compat.current_compile_id())
+        if kind not in CLAIMING_KINDS:
+            self._publisher.submit(f"publishing {kind} {key}", self._publish, kind, key, value)
+            return
         try:
-            with self._stats.phase("publish", key=key):
-                self._put(kind, key, value)
-        except Exception:
-            log.exception("publishing %s %s failed", kind, key)
+            self._publish(kind, key, value)
         finally:
             self._flight.finish(kind, key)
+
+    def drain(self, timeout_s: float) -> None:
+        """Wait (at exit) for the publishes still on their way to the store."""
+        log.debug("waiting up to %.0f s for background publishes", timeout_s)
+        if left := self._publisher.drain(timeout_s):
+            log.warning("%d publishes still unfinished after %.0f s; a later job compiles "
+                        "them again", left, timeout_s)
 
     def compile_started(self) -> None:
         """Before anything of a compile runs (Inductor probes the CPU while it computes its
@@ -186,6 +197,13 @@ class Artifacts:
             return found
         return None
 
+    def _publish(self, kind: str, key: str, value: bytes) -> None:
+        try:
+            with self._stats.phase("publish", key=key):
+                self._put(kind, key, value)
+        except Exception:
+            log.exception("publishing %s %s failed", kind, key)
+
     def _put(self, kind: str, key: str, value: bytes) -> None:
         files = self._kernels.take_new() if kind == "fxgraph" else {}
         if self._store is None or self._store.read_only:
@@ -200,7 +218,8 @@ class Artifacts:
             self._note_entry_name(digest, value)
             if self._explainer is not None:
                 self._explainer.published(kind, key)
-        self._stats.published += 1
+        with self._lock:  # the compile thread and the publisher both count here
+            self._stats.published += 1
 
     def _unseen(self, kind: str, key: str) -> list[str]:
         with self._lock:

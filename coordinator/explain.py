@@ -13,10 +13,9 @@ key's components go beside its entries. On a miss a background thread finds the 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
 
 from coordinator import compat
+from coordinator.background import Background
 from coordinator.stats import RankStats
 from storage import explain
 from storage.api import Store
@@ -44,9 +43,7 @@ class Explainer:
         self._environments: dict[str, dict[str, str]] | None = None
         self._done: set[tuple[str, str]] = set()
         self._described = False
-        self._describing = threading.Lock()  # the environment is described once
-        self._pending = 0
-        self._idle = threading.Condition()
+        self._background = Background("pt2cc-explain")
 
     # -- fed by compat and Artifacts -------------------------------------------------------
 
@@ -67,50 +64,32 @@ class Explainer:
         """After a publish: keep the key's components beside it (and say once what this
         store's fingerprint stands for), on a thread of our own: no rank waits for them,
         so the compile thread (and the ranks waiting for its release) should not."""
-        self._in_background(f"keeping the components of {kind} {key}",
-                            self._keep_components, kind, key)
+        self._background.submit(f"keeping the components of {kind} {key}",
+                                self._keep_components, kind, key)
 
     def missed(self, kind: str, key: str) -> None:
         """PyTorch compiles `key`: find out why, on a thread of our own."""
         if (kind, key) in self._done:
             return
         self._done.add((kind, key))
-        self._in_background(f"explaining the miss of {kind} {key}", self._explain_miss,
-                            kind, key, compat.current_compile_id())
+        self._background.submit(f"explaining the miss of {kind} {key}", self._explain_miss,
+                                kind, key, compat.current_compile_id())
 
     def drain(self, timeout_s: float) -> None:
         """Wait (at exit) for the reasons and components still being worked out."""
-        with self._idle:
-            if not self._idle.wait_for(lambda: self._pending == 0, timeout_s):
-                log.info("%d miss reasons or key components still pending after %.0f s",
-                         self._pending, timeout_s)
+        if left := self._background.drain(timeout_s):
+            log.info("%d miss reasons or key components still pending after %.0f s", left,
+                     timeout_s)
 
     # -- internals -----------------------------------------------------------------------
-
-    def _in_background(self, what: str, work: Callable[..., None], *args: object) -> None:
-        """`work(*args)` on a daemon thread that `drain` waits for; a failure is logged."""
-        def run() -> None:
-            try:
-                work(*args)
-            except Exception:
-                log.exception("%s failed", what)
-            finally:
-                with self._idle:
-                    self._pending -= 1
-                    self._idle.notify_all()
-
-        with self._idle:
-            self._pending += 1
-        threading.Thread(target=run, name="pt2cc-explain", daemon=True).start()
 
     def _keep_components(self, kind: str, key: str) -> None:
         components = self._components(kind, key)  # a scan of the computed keys
         if not components:
             return
-        with self._describing:
-            if not self._described:
-                self._store.describe_environment(self._environment)
-                self._described = True
+        if not self._described:  # once; only the background thread gets here
+            self._store.describe_environment(self._environment)
+            self._described = True
         self._store.put_components(kind, key, components)
 
     def _explain_miss(self, kind: str, key: str, compile_id: str | None) -> None:

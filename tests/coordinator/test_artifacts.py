@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -67,4 +68,29 @@ def test_unclaimed_kinds_do_not_pile_up_duplicates(parts: tuple) -> None:
     artifacts.offer_local("aotautograd", "akey", str(subdir))  # a miss on both ranks
     store.put("aotautograd", "akey", variant(b"rank 1's"))  # rank 1 published first
     artifacts.put("aotautograd", "akey", b'{"data": "cmFuayAwJ3M="}')  # rank 0's, byte-different
+    artifacts.drain(5)
     assert len(store.get_variants("aotautograd", "akey")) == 1
+
+
+def test_only_a_claimed_kind_is_published_on_the_compile_thread(parts: tuple,
+                                                                monkeypatch) -> None:
+    """Waiters need an FX graph in the store before its claim is released; nobody waits
+    for an autotune result, so its store requests stay off the compile thread."""
+    artifacts, store, _ = parts
+    held, writers, real_put = threading.Event(), {}, store.put
+
+    def put(kind: str, key: str, data: bytes) -> str:
+        writers[kind] = threading.current_thread().name
+        if kind == "autotune":
+            assert held.wait(5)
+        return real_put(kind, key, data)
+
+    monkeypatch.setattr(store, "put", put)
+    artifacts.put("autotune", "pt2:tkey", b'{"XBLOCK": 64}')  # returns while the store is held
+    assert store.list_variants("autotune", "pt2:tkey") == []
+    artifacts.put("fxgraph", KEY, b'{"data": "Zng=", "time_taken_ms": 1}')
+    assert len(store.list_variants("fxgraph", KEY)) == 1  # landed before put returned
+    held.set()
+    artifacts.drain(5)
+    assert len(store.list_variants("autotune", "pt2:tkey")) == 1
+    assert writers == {"autotune": "pt2cc-publish", "fxgraph": threading.current_thread().name}
