@@ -9,7 +9,7 @@ listing, snapshot fetch/decompress/placing/Mega-Cache load, object fetches, wait
 the prefetch) and PyTorch's (`dynamo_timed` phases, summed per rank), each averaged over
 ranks and repeats. Writes docs/results/warm-<machine>.json and .md.
 
-    .venv/bin/python scripts/bench_warm.py [--repeat 3] [--no-s3] [--train-args "..."]
+    .venv/bin/python scripts/bench_warm.py [--repeat 3] [--stores file,s3] [--train-args "..."]
 """
 
 from __future__ import annotations
@@ -30,16 +30,25 @@ import harness
 TORCH_PHASES = ("_compile.compile_inner", "OutputGraph.call_user_compiler",
                 "create_aot_dispatcher_function", "compile_fx_inner", "async_compile.wait")
 TARGETS = {"file": 1.10, "s3": 1.15}
+STORE_COUNTS = ("gets", "puts", "fetches")  # a rank's store requests, beside the phases
+COUNTED_PHASES = ("claim", "wait", "publish", "key_listing", "object_fetch")  # per key
 
 
 def phases_of(row: dict, outs: list[dict]) -> dict[str, float]:
     """Seconds per phase, mean over the row's ranks: the coordinator's own (its stats
-    files) and PyTorch's (train.py's output)."""
+    files) and PyTorch's (train.py's output); and the store requests a rank made."""
     total: dict[str, float] = {}
     stats = row.get("coordinator_stats") or []
     for s in stats:
         for name, v in s.get("phases", {}).items():
             total[f"pt2cc:{name}"] = total.get(f"pt2cc:{name}", 0.0) + v["s"] / len(stats)
+            if name in COUNTED_PHASES:
+                total[f"pt2cc:{name} (calls)"] = total.get(
+                    f"pt2cc:{name} (calls)", 0.0) + v["calls"] / len(stats)
+        for name in STORE_COUNTS:
+            n = s.get("store", {}).get(name, 0)
+            total[f"store:{name} (count)"] = total.get(f"store:{name} (count)", 0.0) + n / len(
+                stats)
     for o in outs:
         total["job:time_to_main_s"] = total.get("job:time_to_main_s", 0.0) + o.get(
             "time_to_main_s", 0.0) / len(outs)
@@ -56,7 +65,7 @@ def outs(work: Path, row: str, nproc: int) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--no-s3", dest="s3", action="store_false")
+    p.add_argument("--stores", default="file,s3", help="of file, s3: the stores to run")
     p.add_argument("--machine", default=None)
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--steps", type=int, default=3)
@@ -65,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", default=str(harness.RESULTS))
     p.add_argument("--label", default="", help="added to the file names (e.g. ddp, fsdp2)")
     args = p.parse_args(argv)
-    stores = ["file", "s3"] if args.s3 else ["file"]
+    stores = args.stores.split(",")
+    if not stores or set(stores) - set(TARGETS):
+        p.error(f"--stores: a comma-separated list of {', '.join(TARGETS)}, not {args.stores!r}")
     args.rows = ",".join(["none", "warm-local"] + [f"ours-{p}-{s}" for s in stores
                                                    for p in ("cold", "warm")])
     info = harness.machine_info()
@@ -87,9 +98,12 @@ def main(argv: list[str] | None = None) -> int:
             rep_out[s] = {"warm_s": t, "cold_s": c,
                           "ratio": round(t / floor, 3) if t and floor else None,
                           "cold_ratio": round(c / none, 3) if c and none else None,
-                          "phases": phases_of(warm, outs(work, f"ours-warm-{s}", args.nproc))}
+                          "phases": phases_of(warm, outs(work, f"ours-warm-{s}", args.nproc)),
+                          "cold_phases": phases_of(cold, outs(work, f"ours-cold-{s}",
+                                                              args.nproc))}
         rep_out["warm_local_phases"] = phases_of(rows["warm-local"],
                                                  outs(work, "warm-local", args.nproc))
+        rep_out["none_phases"] = phases_of(rows["none"], outs(work, "none", args.nproc))
         repeats.append(rep_out)
         print(json.dumps({k: v for k, v in rep_out.items() if "phases" not in k}), flush=True)
         shutil.rmtree(work, ignore_errors=True)
@@ -148,14 +162,27 @@ def render(report: dict, stores: list[str]) -> str:
     lines += ["", "Where a warm job's time goes (seconds, mean over ranks and repeats; "
               "`pt2cc:` phases run in a background thread except `ready_wait`, the time the "
               "compile thread waited for them):", ""]
-    names = sorted({k for r in reps for s in stores for k in r[s]["phases"]}
-                   | {k for r in reps for k in r["warm_local_phases"]})
-    lines += harness.md_table(
-        ["phase", "warm-local", *(f"ours {s}" for s in stores)],
-        ([n, f"{statistics.mean(r['warm_local_phases'].get(n, 0.0) for r in reps):.3f}",
-          *(f"{statistics.mean(r[s]['phases'].get(n, 0.0) for r in reps):.3f}"
-            for s in stores)] for n in names), align="lr" + "r" * len(stores))
+    lines += _phase_table(reps, stores, "warm-local", "warm_local_phases", "phases")
+    if not any("none_phases" in r for r in reps):  # reports older than the cold columns
+        return "\n".join(lines) + "\n"
+    lines += ["", "Where a cold job's time goes (the same, for the coordinated cold job beside "
+              "every rank compiling; `claim`, `wait` and a claimed kind's `publish` are on the "
+              "compile thread):", ""]
+    lines += _phase_table(reps, stores, "every rank compiling", "none_phases", "cold_phases")
     return "\n".join(lines) + "\n"
+
+
+def _phase_table(reps: list[dict], stores: list[str], base: str, base_field: str,
+                 field: str) -> list[str]:
+    """Per phase: the mean over repeats of PyTorch alone's row and of each store's row."""
+    reps = [r for r in reps if base_field in r]
+    names = sorted({k for r in reps for s in stores for k in r[s][field]}
+                   | {k for r in reps for k in r[base_field]})
+    return harness.md_table(
+        ["phase", base, *(f"ours {s}" for s in stores)],
+        ([n, f"{statistics.mean(r[base_field].get(n, 0.0) for r in reps):.3f}",
+          *(f"{statistics.mean(r[s][field].get(n, 0.0) for r in reps):.3f}"
+            for s in stores)] for n in names), align="lr" + "r" * len(stores))
 
 
 if __name__ == "__main__":
