@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 CLAIMING_KINDS = frozenset({"fxgraph"})
 # Kinds whose local entries PyTorch evaluates guards on (GuardedCache subclasses).
 GUARDED_KINDS = frozenset({"fxgraph", "aotautograd"})
+# Kinds looked up in the start-up index only, never listed again: Inductor looks up one
+# autotune result per Triton kernel it loads (tens per graph), and the ranks of a job tune
+# the same kernel at about the same time, so a second listing would seldom find another
+# rank's result and would cost every rank a store request per kernel on its compile thread.
+INDEX_ONLY_KINDS = frozenset({"autotune", "bundled-autotune"})
 
 
 class Artifacts:
@@ -43,7 +48,8 @@ class Artifacts:
     offered yet is put into PyTorch's local dir before each guard evaluation, unless the
     snapshot already put the same entry there (`entry_names`, digest -> local file name).
     A key is listed again only where a compile is about to happen: by a claimant, by a
-    waiter once the claimant is done, and once per process for keys that never claim.
+    waiter once the claimant is done, and once per process for keys that never claim
+    (except autotune results: `INDEX_ONLY_KINDS`).
     """
 
     def __init__(self, store: Store | None, flight: SingleFlight, kernels: KernelFiles,
@@ -171,7 +177,8 @@ class Artifacts:
     def _get(self, kind: str, key: str) -> bytes | None:
         self._await_ready()
         if kind not in CLAIMING_KINDS or not self._flight.coordinated:
-            return self._take_fresh(kind, key, relist=(kind, key) not in self._relisted)
+            return self._take_fresh(kind, key, relist=kind not in INDEX_ONLY_KINDS
+                                    and (kind, key) not in self._relisted)
         if (kind, key) in self._specialised:
             # Stored variants carry guards and none fit this rank: a claimant's, built for
             # its own inputs, would most likely not fit either. Compile now, unless one is

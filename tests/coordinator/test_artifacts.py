@@ -94,3 +94,12 @@ def test_only_a_claimed_kind_is_published_on_the_compile_thread(parts: tuple,
     artifacts.drain(5)
     assert len(store.list_variants("autotune", "pt2:tkey")) == 1
     assert writers == {"autotune": "pt2cc-publish", "fxgraph": threading.current_thread().name}
+
+
+def test_autotune_lookups_read_the_start_up_index_only(parts: tuple) -> None:
+    """One lookup per Triton kernel: none of them may cost a store request."""
+    artifacts, store, _ = parts
+    store.put("autotune", "pt2:before", bundle.pack(b'{"XBLOCK": 64}'))
+    assert artifacts.get("autotune", "pt2:before") == b'{"XBLOCK": 64}'  # the index has it
+    store.put("autotune", "pt2:after", bundle.pack(b'{"XBLOCK": 32}'))  # after the listing
+    assert artifacts.get("autotune", "pt2:after") is None  # a listing would have found it
