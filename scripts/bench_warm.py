@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import bench  # scripts/bench.py: rows and servers
@@ -37,25 +38,21 @@ COUNTED_PHASES = ("claim", "wait", "publish", "key_listing", "object_fetch")  # 
 def phases_of(row: dict, outs: list[dict]) -> dict[str, float]:
     """Seconds per phase, mean over the row's ranks: the coordinator's own (its stats
     files) and PyTorch's (train.py's output); and the store requests a rank made."""
-    total: dict[str, float] = {}
+    total: defaultdict[str, float] = defaultdict(float)
     stats = row.get("coordinator_stats") or []
     for s in stats:
         for name, v in s.get("phases", {}).items():
-            total[f"pt2cc:{name}"] = total.get(f"pt2cc:{name}", 0.0) + v["s"] / len(stats)
+            total[f"pt2cc:{name}"] += v["s"] / len(stats)
             if name in COUNTED_PHASES:
-                total[f"pt2cc:{name} (calls)"] = total.get(
-                    f"pt2cc:{name} (calls)", 0.0) + v["calls"] / len(stats)
+                total[f"pt2cc:{name} (calls)"] += v["calls"] / len(stats)
         for name in STORE_COUNTS:
-            n = s.get("store", {}).get(name, 0)
-            total[f"store:{name} (count)"] = total.get(f"store:{name} (count)", 0.0) + n / len(
-                stats)
+            total[f"store:{name} (count)"] += s.get("store", {}).get(name, 0) / len(stats)
     for o in outs:
-        total["job:time_to_main_s"] = total.get("job:time_to_main_s", 0.0) + o.get(
-            "time_to_main_s", 0.0) / len(outs)
+        total["job:time_to_main_s"] += o.get("time_to_main_s", 0.0) / len(outs)
         for name, v in o.get("compile_phases_s", {}).items():
             if name in TORCH_PHASES:
-                total[f"torch:{name}"] = total.get(f"torch:{name}", 0.0) + v / len(outs)
-    return total
+                total[f"torch:{name}"] += v / len(outs)
+    return dict(total)
 
 
 def outs(work: Path, row: str, nproc: int) -> list[dict]:
