@@ -22,7 +22,8 @@ from coordinator.single_flight import SingleFlight, connect_job_store
 from coordinator.snapshot import Snapshots, derive_tag
 from coordinator.stats import RankStats
 from coordinator.trace import Trace
-from storage import ArtifactStore, explain, summary
+from storage import ArtifactStore, PreparedStore, explain, summary
+from storage.api import Store
 from storage.fail_open import FailOpenStore
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,9 @@ _active: _Installation | None = None
 
 
 class _Installation:
-    def __init__(self, config: Config, store: FailOpenStore | None, flight: SingleFlight,
+    def __init__(self, config: Config, store: FailOpenStore, flight: SingleFlight,
                  stats: RankStats, snapshots: Snapshots | None, artifacts: Artifacts,
-                 explainer: Explainer | None, undo: Callable[[], None]) -> None:
+                 explainer: Explainer, undo: Callable[[], None]) -> None:
         self.config, self.store, self.flight, self.stats = config, store, flight, stats
         self.snapshots, self.artifacts, self.explainer, self._undo = (
             snapshots, artifacts, explainer, undo)
@@ -46,8 +47,7 @@ class _Installation:
         self.artifacts.drain(self.config.store_timeout_s * 2)
         if self.snapshots is not None:
             self.snapshots.publish()
-        if self.explainer is not None:
-            self.explainer.drain(EXPLAIN_WAIT_S)
+        self.explainer.drain(EXPLAIN_WAIT_S)
         snap = self.stats.as_dict(flight=self.flight, store=self.store)
         log.info("%s", RankStats.summary_line(snap))
         stats_file, trace_dir = self.config.stats_file, self.config.trace
@@ -73,7 +73,7 @@ class _Installation:
         if self.config.trace:
             report.merge_trace(self.config.trace)
         used = sorted({d for r in reports for d in r.get("used", ())})
-        if self.store is not None and used:
+        if used:
             self.store.record_use(report.job_id(), used)
 
     def close(self) -> None:
@@ -111,15 +111,13 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         topo = topology.this_process()
         rank = topo.rank
         stats = RankStats(rank=rank, trace=_trace(config.trace, rank))
-        with stats.phase("store_open"):
-            fields = fingerprint.describe()
-            fp = fingerprint.fingerprint(fields)
-            opened = _open_store(config, fp)
-        store, job_store, how = None, None, "off: no store"
-        if opened is not None:
-            store = FailOpenStore(opened, deadline_s=config.store_timeout_s * 2)
-            with stats.phase("job_store_connect"):
-                job_store, how = connect_job_store(config.store_timeout_s, topo)
+        fields = fingerprint.describe()
+        fp = fingerprint.fingerprint(fields)
+        prepared = _prepare_store(config, fp)
+        store = FailOpenStore(config.cache_url, lambda: _open_store(config, prepared, stats),
+                              deadline_s=config.store_timeout_s * 2)
+        with stats.phase("job_store_connect"):
+            job_store, how = connect_job_store(config.store_timeout_s, topo)
         tag = config.tag or derive_tag(sys.argv[0] or "python")
         if rank == 0:
             coordination = f"on through {how}" if job_store is not None else how
@@ -134,16 +132,15 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         kernels = KernelFiles()
         entry_names: dict[str, str] = {}
         snapshots = None
-        if store is not None and config.snapshot:
+        if config.snapshot:
             snapshots = Snapshots(
                 store, tag, kernels,
                 publisher=rank == 0, quiet_s=config.snapshot_quiet_s,
                 compiled_count=lambda: stats.published + stats.loaded + stats.materialized,
-                stats=stats, entry_names=entry_names,
-                node=opened.node_cache if opened is not None else None,
+                stats=stats, entry_names=entry_names, node=prepared.node_cache,
             )
             snapshots.start_prefetch()
-        explainer = Explainer(store, stats, fields, fp) if store is not None else None
+        explainer = Explainer(store, stats, fields, fp)
         artifacts = Artifacts(store, flight, kernels, stats, snapshots,
                               ready_wait_s=config.store_timeout_s * 2, entry_names=entry_names,
                               explainer=explainer)
@@ -203,19 +200,33 @@ def _others_can_write(store: ArtifactStore) -> bool:
         return False
 
 
-def _open_store(config: Config, fp: str) -> ArtifactStore | None:
-    from storage import StoreUnavailable, open_store
+def _prepare_store(config: Config, fp: str) -> PreparedStore:
+    """Bad input stops the launch here: what needs no network and no backend import."""
+    from storage import prepare_store
+
+    return prepare_store(
+        config.cache_url, fingerprint=fp, node_cache_dir=config.node_cache_dir,
+        node_cache_max_bytes=config.node_cache_max_bytes, timeout_s=config.store_timeout_s,
+    )
+
+
+def _open_store(config: Config, prepared: PreparedStore, stats: RankStats) -> Store | None:
+    """On the store's own thread, while the script starts. A store that cannot be used
+    leaves it off: no claims, every rank compiles for itself."""
+    from storage import StoreConfigError, StoreUnavailable
 
     try:
-        store = open_store(
-            config.cache_url, fingerprint=fp, node_cache_dir=config.node_cache_dir,
-            node_cache_max_bytes=config.node_cache_max_bytes, timeout_s=config.store_timeout_s,
-        )
+        with stats.phase("store_open"):
+            store = prepared.open()
     except StoreUnavailable as exc:
         log.warning("store %s is unavailable (%s); every rank compiles for itself",
                     config.cache_url, exc)
         return None
-    log.debug("store %s, fingerprint %s", config.cache_url, fp)
+    except StoreConfigError as exc:
+        log.error("store %s cannot be used: %s; every rank compiles for itself",
+                  config.cache_url, exc)
+        return None
+    log.debug("store %s, fingerprint %s", config.cache_url, prepared.fingerprint)
     if rank_log.rank() == 0 and not store.signed and _others_can_write(store):
         log.warning("store %s is unsigned and others can write to it: its artifacts are "
                     "pickles, code that every rank runs. Set PT2CC_SIGNING_KEY or "

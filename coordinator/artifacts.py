@@ -176,7 +176,9 @@ class Artifacts:
 
     def _get(self, kind: str, key: str) -> bytes | None:
         self._await_ready()
-        if kind not in CLAIMING_KINDS or not self._flight.coordinated:
+        # A claim promises the waiters a publish: none while the store is not open.
+        if kind not in CLAIMING_KINDS or not self._flight.coordinated \
+                or self._store is None or not self._store.opened:
             return self._take_fresh(kind, key, relist=kind not in INDEX_ONLY_KINDS
                                     and (kind, key) not in self._relisted)
         if (kind, key) in self._specialised:

@@ -11,16 +11,18 @@ from storage.errors import (
     StoreUnavailable,
 )
 from storage.maintenance import Entry
-from storage.store import ArtifactStore, StoreStats, open_store
+from storage.store import ArtifactStore, PreparedStore, StoreStats, open_store, prepare_store
 
 __all__ = [
     "ArtifactStore",
     "Entry",
     "IntegrityError",
+    "PreparedStore",
     "StoreConfigError",
     "StoreError",
     "StoreReadOnly",
     "StoreStats",
     "StoreUnavailable",
     "open_store",
+    "prepare_store",
 ]

@@ -12,11 +12,15 @@ class Store(Protocol):
     and small plain-JSON notes (key components, the environment, what each job used).
 
     Lookups name variants by digest, newest first; `get_object` returns a verified payload
-    or None. `read_only` turns true once the store has refused a write.
+    or None. `read_only` turns true once the store has refused a write; `opened` is false
+    while a store is still being opened in the background, or could not be.
     """
 
     url: str
     stats: StoreStats
+
+    @property
+    def opened(self) -> bool: ...
 
     @property
     def read_only(self) -> bool: ...

@@ -6,6 +6,7 @@ install, whether a root is a bucket); everything else speaks plain fsspec.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.registry import known_implementations, registry
 
 from storage.atomic import write_file
 from storage.errors import StoreConfigError, StoreUnavailable
@@ -75,6 +77,38 @@ def _missing_backend(protocol: str, err: Exception) -> StoreConfigError:
     )
 
 
+def _unknown_protocol(url: str, protocol: str | None) -> StoreConfigError:
+    known = ", ".join(sorted(p for p in fsspec.available_protocols() if len(p) > 1)[:20])
+    return StoreConfigError(
+        f"unknown protocol in store URL {url!r}: {protocol!r} is not an fsspec protocol "
+        f"(known include: {known}, ...)"
+    )
+
+
+def check(url: str) -> None:
+    """The checks of `resolve` that need neither the network nor the backend's import:
+    the URL's form, every protocol it names known and its package installed, a local
+    root usable. What only the store can tell (a missing bucket, refused credentials)
+    waits for `resolve`."""
+    protocol = _check_syntax(url)
+    for part in url.split("::"):
+        if "://" in part:
+            _check_backend(url, part.split("://", 1)[0])
+    if protocol in (None, "file", "local") and "::" not in url:
+        _prepare_local(url, url_to_fs(url)[1])
+
+
+def _check_backend(url: str, protocol: str) -> None:
+    if protocol in registry:
+        return
+    implementation = known_implementations.get(protocol)
+    if implementation is None:
+        raise _unknown_protocol(url, protocol)
+    package = re.split(r"[.:]", implementation["class"], maxsplit=1)[0]
+    if importlib.util.find_spec(package) is None:
+        raise _missing_backend(protocol, ModuleNotFoundError(f"No module named {package!r}"))
+
+
 def _credentials_problem(err: BaseException) -> bool:
     names = {c.__name__ for c in type(err).__mro__}
     return "NoCredentialsError" in names or "Unable to locate credentials" in str(err)
@@ -94,11 +128,7 @@ def resolve(url: str, storage_options: dict[str, Any] | None = None,
         raise _missing_backend(protocol or "file", e) from e
     except ValueError as e:
         if "Protocol not known" in str(e):
-            known = ", ".join(sorted(p for p in fsspec.available_protocols() if len(p) > 1)[:20])
-            raise StoreConfigError(
-                f"unknown protocol in store URL {url!r}: {protocol!r} is not an fsspec protocol "
-                f"(known include: {known}, ...)"
-            ) from e
+            raise _unknown_protocol(url, protocol) from e
         raise StoreConfigError(f"malformed store URL {url!r}: {e}") from e
     except TypeError as e:
         raise StoreConfigError(f"bad storage_options for {url!r}: {e}") from e

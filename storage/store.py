@@ -17,7 +17,7 @@ from storage import sealed
 from storage.errors import IntegrityError, StoreConfigError, StoreReadOnly, StoreUnavailable
 from storage.layout import Layout, decode_segment, is_digest, is_fingerprint, versions_dir
 from storage.listing import find_files, list_dirs, list_files
-from storage.location import move, read_json, resolve, write_atomic
+from storage.location import check, move, read_json, resolve, write_atomic
 from storage.node_cache import NodeCache
 from storage.retry import Retrier
 from storage.signing import load_signing_key
@@ -73,6 +73,11 @@ class ArtifactStore:
     def read_only(self) -> bool:
         """Whether this store has refused a write (reads still work)."""
         return self._read_only
+
+    @property
+    def opened(self) -> bool:
+        """Always: this store is opened before it exists (FailOpenStore's may not be yet)."""
+        return True
 
     @property
     def signed(self) -> bool:
@@ -320,17 +325,36 @@ class ArtifactStore:
         return digest
 
 
-def open_store(url: str, *, fingerprint: str, storage_options: dict[str, Any] | None = None,
-               node_cache_dir: str | None = None, node_cache_max_bytes: int = 10 * 2**30,
-               signing_key: bytes | None = None, retries: int = 5,
-               timeout_s: float = 30.0) -> ArtifactStore:
-    """Open the store at `url` (a path, file://, memory://, s3://bucket/prefix, any fsspec URL).
+@dataclass(frozen=True)
+class PreparedStore:
+    """A store whose input is checked, not yet opened: `open` does what needs the network.
 
-    Connection settings come the fsspec way: `storage_options`, fsspec's config, and the
-    backend's own environment variables (AWS_ENDPOINT_URL, AWS_PROFILE, ...). With
-    `signing_key` None the key comes from PT2CC_SIGNING_KEY or PT2CC_SIGNING_KEY_FILE.
-    Raises StoreConfigError naming the problem and the fix for bad input.
+    The coordinator checks at launch (bad input stops the job there) and opens in the
+    background while the script starts: on S3, opening imports s3fs and lists the bucket.
     """
+
+    url: str
+    fingerprint: str
+    storage_options: dict[str, Any] | None
+    key: bytes | None
+    retrier: Retrier
+    node_cache: NodeCache | None
+
+    def open(self) -> ArtifactStore:
+        """Raises StoreConfigError for what only the store can tell (a missing bucket,
+        refused credentials) and StoreUnavailable when it does not answer."""
+        fs, root = resolve(self.url, self.storage_options, self.retrier)
+        return ArtifactStore(self.url, fs, root, self.fingerprint, self.key, self.retrier,
+                             self.node_cache)
+
+
+def prepare_store(url: str, *, fingerprint: str,
+                  storage_options: dict[str, Any] | None = None,
+                  node_cache_dir: str | None = None, node_cache_max_bytes: int = 10 * 2**30,
+                  signing_key: bytes | None = None, retries: int = 5,
+                  timeout_s: float = 30.0) -> PreparedStore:
+    """Check everything about opening `url` that needs neither the network nor the
+    backend's import; raises StoreConfigError naming the problem and the fix."""
     if not is_fingerprint(fingerprint):
         raise StoreConfigError(
             f"fingerprint {fingerprint!r} is not a plain path segment; use letters, digits, "
@@ -339,8 +363,7 @@ def open_store(url: str, *, fingerprint: str, storage_options: dict[str, Any] | 
     if retries < 1 or timeout_s <= 0:
         raise StoreConfigError("retries must be >= 1 and timeout_s > 0")
     key = load_signing_key(signing_key)
-    retrier = Retrier(url, attempts=retries, timeout_s=timeout_s)
-    fs, root = resolve(url, storage_options, retrier)
+    check(url)
     node_cache = None
     if node_cache_dir:
         try:
@@ -350,4 +373,17 @@ def open_store(url: str, *, fingerprint: str, storage_options: dict[str, Any] | 
                 f"node cache directory {node_cache_dir} is not usable ({e}); "
                 "point it at a writable local directory"
             ) from e
-    return ArtifactStore(url, fs, root, fingerprint, key, retrier, node_cache)
+    return PreparedStore(url, fingerprint, storage_options, key,
+                         Retrier(url, attempts=retries, timeout_s=timeout_s), node_cache)
+
+
+def open_store(url: str, **settings: Any) -> ArtifactStore:
+    """Open the store at `url` (a path, file://, memory://, s3://bucket/prefix, any fsspec URL).
+
+    Connection settings come the fsspec way: `storage_options`, fsspec's config, and the
+    backend's own environment variables (AWS_ENDPOINT_URL, AWS_PROFILE, ...). With
+    `signing_key` None the key comes from PT2CC_SIGNING_KEY or PT2CC_SIGNING_KEY_FILE.
+    `settings` are `prepare_store`'s. Raises StoreConfigError naming the problem and the
+    fix for bad input, StoreUnavailable when the store does not answer.
+    """
+    return prepare_store(url, **settings).open()

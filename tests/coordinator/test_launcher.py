@@ -99,3 +99,17 @@ def test_snapshot_tags_are_per_project_and_stable(tmp_path: Path) -> None:
     loose.write_text("")
     assert derive_tag(str(loose)) in ("scratch:train", f"{tmp_path.name}:scratch/train")
     assert derive_tag("no.such.module") == "no.such.module"
+
+
+@pytest.mark.s3
+def test_a_store_only_the_network_can_refuse_leaves_the_script_running(
+        script: Path, tmp_path: Path, s3_endpoint: str) -> None:
+    """The store opens while the script starts: a missing bucket (which only S3 can tell)
+    is one error naming it, the script runs and every rank compiles for itself."""
+    res = launch(["--cache", "s3://no-such-bucket-pt2cc/x", str(script)], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "hooked True" in res.stdout
+    errors = [line for line in res.stderr.splitlines() if "cannot be used" in line]
+    assert len(errors) == 1, res.stderr
+    assert "bucket 'no-such-bucket-pt2cc'" in errors[0] and "compiles for itself" in errors[0]
+    assert "Traceback" not in res.stderr

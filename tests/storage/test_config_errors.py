@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,25 @@ def test_s3_options_the_fsspec_way(s3_bucket, s3_endpoint, monkeypatch):
                                         "skip_instance_cache": True})
     store.put("fx", "k", b"x")
     assert store.get_variants("fx", "k") == [b"x"]
+
+
+def test_prepare_needs_neither_the_network_nor_the_backend_import():
+    """What the launcher checks before the script's first line: no s3fs import, no request
+    (nothing listens at the endpoint); the open then finds the store unreachable."""
+    pytest.importorskip("s3fs")
+    code = (
+        "import sys\n"
+        "from storage import prepare_store, StoreUnavailable\n"
+        "prepared = prepare_store('s3://bucket/prefix', fingerprint='fp', retries=1,"
+        " timeout_s=2)\n"
+        "print('s3fs imported', 's3fs' in sys.modules)\n"
+        "try:\n"
+        "    prepared.open()\n"
+        "except StoreUnavailable:\n"
+        "    print('unavailable')\n"
+    )
+    env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x",
+           "AWS_SECRET_ACCESS_KEY": "x"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True, env=env, timeout=60).stdout
+    assert out.split("\n")[:2] == ["s3fs imported False", "unavailable"], out

@@ -1,6 +1,7 @@
 """The fail-open wrapper: an outage is a miss and one warning, never an exception."""
 
 import logging
+import threading
 import time
 
 import faulty_fs
@@ -13,11 +14,15 @@ FP = "fp"
 faulty_fs.register()
 
 
+def wrap(inner, **settings) -> FailOpenStore:
+    return FailOpenStore(inner.url, lambda: inner, **settings)
+
+
 def test_an_outage_is_a_miss_then_the_store_is_left_alone(caplog):
     inner = open_store(f"faulty://fail-open-{time.time_ns()}", fingerprint=FP, retries=2,
                        timeout_s=1)
     inner.put("fx", "k", b"v")
-    store = FailOpenStore(inner, deadline_s=5, retry_after_s=60)
+    store = wrap(inner, deadline_s=5, retry_after_s=60)
     inner.fs.always = True
     with caplog.at_level(logging.WARNING):
         assert store.list_variants("fx", "k") == []
@@ -30,7 +35,7 @@ def test_an_outage_is_a_miss_then_the_store_is_left_alone(caplog):
 def test_a_refused_write_makes_it_read_only_but_still_readable(caplog):
     inner = open_store(f"faulty://read-only-{time.time_ns()}", fingerprint=FP, timeout_s=1)
     digest = inner.put("fx", "k", b"v")
-    store = FailOpenStore(inner, deadline_s=5)
+    store = wrap(inner, deadline_s=5)
     inner.fs.error, inner.fs.always = "denied", True
     with caplog.at_level(logging.WARNING):
         assert store.put("fx", "k2", b"v2") is None
@@ -43,13 +48,41 @@ def test_a_refused_write_makes_it_read_only_but_still_readable(caplog):
 
 def test_calls_still_work_while_the_interpreter_exits(tmp_path):
     """At exit (atexit: the last snapshot) a thread pool takes no new work: run inline."""
-    store = FailOpenStore(open_store(str(tmp_path), fingerprint=FP), deadline_s=5)
+    store = wrap(open_store(str(tmp_path), fingerprint=FP), deadline_s=5)
     store._io.shutdown()
     assert store.put_snapshot("job", b"snapshot") is not None
     assert store.get_snapshot("job") == b"snapshot"
 
 
 def test_a_bug_is_not_swallowed(tmp_path):
-    store = FailOpenStore(open_store(str(tmp_path), fingerprint=FP), deadline_s=5)
+    store = wrap(open_store(str(tmp_path), fingerprint=FP), deadline_s=5)
     with pytest.raises(TypeError):
         store.put("fx", "k", None)  # type: ignore[arg-type]
+
+
+def test_calls_wait_for_the_store_to_open(tmp_path):
+    """The store opens on the wrapper's thread while the caller goes on; a call in the
+    meantime waits for it (within its deadline) instead of missing."""
+    inner = open_store(str(tmp_path), fingerprint=FP)
+    digest = inner.put("fx", "k", b"v")
+    go = threading.Event()
+    store = FailOpenStore(inner.url, lambda: inner if go.wait(10) else None, deadline_s=10)
+    assert not store.opened and store.stats.gets == 0
+    found: list = []
+    caller = threading.Thread(target=lambda: found.append(store.list_variants("fx", "k")))
+    caller.start()
+    caller.join(0.3)
+    assert caller.is_alive() and not found  # waiting for the open, not missing
+    go.set()
+    caller.join(10)
+    assert found == [[digest]] and store.opened
+
+
+def test_a_store_that_could_not_be_opened_is_off(tmp_path, caplog):
+    """The opener said why (it logs); the calls then miss without a warning each."""
+    store = FailOpenStore("s3://nowhere/x", lambda: None, deadline_s=5)
+    with caplog.at_level(logging.WARNING):
+        assert store.list_index() == {} and store.get_object("ab" * 32) is None
+        assert store.put("fx", "k", b"v") is None and store.put_snapshot("t", b"s") is None
+    assert not store.opened and not store.down and store.failures == 0
+    assert caplog.records == []
