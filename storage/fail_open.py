@@ -42,6 +42,7 @@ class FailOpenStore:
         self._retry_after_s = retry_after_s
         self._down_until = 0.0
         self._refused = False
+        self._late = False  # a call's deadline passed while the store was still opening
         self._lock = threading.Lock()
         self.url = url
         self.failures = 0
@@ -128,7 +129,7 @@ class FailOpenStore:
         return _OFF if store is None else getattr(store, method)(*args)
 
     def _call(self, what: str, missing: T, method: str, *args: object) -> T:
-        if self.down:
+        if self.down or (self._late and not self._opening.done()):
             return missing
         try:
             try:
@@ -145,14 +146,26 @@ class FailOpenStore:
             if first:
                 log.warning("store refused %s (%s); publishing nothing more, still loading "
                             "from it", what, exc)
-        except (StoreUnavailable, DeadlineExceeded) as exc:
-            self._failed()
-            reason = exc or f"no answer within {self._deadline_s:.0f} s"
-            if not self.down:
-                log.warning("store failed while %s (%s); compiling locally, retrying the "
-                            "store in %.0f s", what, reason, self._retry_after_s)
-            self._down_until = time.monotonic() + self._retry_after_s
+        except DeadlineExceeded as exc:
+            if self._opening.done():
+                self._unavailable(what, exc)
+            elif not self._late:
+                # Calls miss without waiting until it has opened; the opener says how the
+                # open ends (a warning if it fails).
+                self._late = True
+                log.info("store %s still opening after %.0f s; compiling locally until it "
+                         "has", self.url, self._deadline_s)
+        except StoreUnavailable as exc:
+            self._unavailable(what, exc)
         return missing
+
+    def _unavailable(self, what: str, exc: Exception) -> None:
+        self._failed()
+        reason = str(exc) or f"no answer within {self._deadline_s:.0f} s"
+        if not self.down:
+            log.warning("store failed while %s (%s); compiling locally, retrying the store "
+                        "in %.0f s", what, reason, self._retry_after_s)
+        self._down_until = time.monotonic() + self._retry_after_s
 
     def _failed(self) -> None:
         with self._lock:

@@ -86,3 +86,20 @@ def test_a_store_that_could_not_be_opened_is_off(tmp_path, caplog):
         assert store.put("fx", "k", b"v") is None and store.put_snapshot("t", b"s") is None
     assert not store.opened and not store.down and store.failures == 0
     assert caplog.records == []
+
+
+def test_an_open_slower_than_the_deadline_is_missed_around_not_waited_for(tmp_path, caplog):
+    inner = open_store(str(tmp_path), fingerprint=FP)
+    digest = inner.put("fx", "k", b"v")
+    go = threading.Event()
+    store = FailOpenStore(inner.url, lambda: inner if go.wait(10) else None, deadline_s=0.3)
+    with caplog.at_level(logging.INFO, logger="storage.fail_open"):
+        assert store.list_variants("fx", "k") == []  # waited its deadline, then missed
+        t0 = time.monotonic()
+        assert store.get_object(digest) is None
+        assert time.monotonic() - t0 < 0.1  # did not wait again
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+    assert "still opening" in caplog.records[0].message and not store.down
+    go.set()
+    store._opening.result(5)
+    assert store.list_variants("fx", "k") == [digest]  # usable once it has opened
