@@ -301,6 +301,15 @@ def torch_version() -> str:
     return torch.__version__
 
 
+def isa_probes_import_torch() -> bool:
+    """Whether each of Inductor's vector-ISA probes loads its library in a child Python that
+    imports torch (before 2.13: seconds per ISA in every new process, which no cache dir
+    spares; 2.13 loads it with torch's lib dir on the loader path instead)."""
+    from torch._inductor.cpu_vec_isa import VecISA
+
+    return not hasattr(VecISA, "_build_probe_env")
+
+
 def cpp_kernel_suffixes() -> tuple[str, ...]:
     """Files Inductor's C++ code cache loads instead of building when they exist."""
     return (".so",) if os.name != "nt" else (".pyd", ".dll")

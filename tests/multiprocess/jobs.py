@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from coordinator import compat
+
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = REPO / "examples" / "train.py"
 SCENARIOS = Path(__file__).with_name("scenarios.py")
@@ -76,11 +78,18 @@ def cpu_job_env(node: Path, *, seed_probes: bool = True) -> dict[str, str]:
     """The environment of a CPU job (gloo) on a simulated node: no GPU even where one is
     visible, this checkout first on the path (wheels a GPU machine adds stay on it), and
     Inductor compiling in the rank's own process (by default each rank would start a
-    worker per core: 32 on a 64-core GPU host, for a few small kernels)."""
-    return {**node_env(node, seed_probes=seed_probes), "CUDA_VISIBLE_DEVICES": "",
-            "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
-                                                        os.environ.get("PYTHONPATH")]))}
+    worker per core: 32 on a 64-core GPU host, for a few small kernels). Where Inductor's
+    ISA probes import torch in a child (torch < 2.13: a GPU host's CUDA build, per ISA,
+    per process, per job), the ISA is taken as the CPU reports it, unprobed, in every job
+    alike (the setting is part of the FX key): the probes' own handling is then covered
+    on torch 2.13 only."""
+    env = {**node_env(node, seed_probes=seed_probes), "CUDA_VISIBLE_DEVICES": "",
+           "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
+                                                       os.environ.get("PYTHONPATH")]))}
+    if compat.isa_probes_import_torch():
+        env["TORCHINDUCTOR_VEC_ISA_OK"] = "1"
+    return env
 
 
 def free_port() -> int:
