@@ -96,8 +96,9 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
 
     `cache` is any fsspec URL or local path (default: PT2CC_CACHE, else a local directory).
     Settings are Config's fields; PT2CC_* variables fill in the rest. Call it before the
-    first compile. Raises ConfigError (and StoreConfigError from storage) for bad input;
-    a store that is merely unreachable only logs a warning and every rank compiles.
+    first compile. Raises ConfigError (and StoreConfigError from storage) for bad input
+    that needs no network to see; the store itself opens in the background, and one that
+    refuses us (a missing bucket) or does not answer is logged and every rank compiles.
     """
     global _active
     with _lock:

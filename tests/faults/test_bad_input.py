@@ -45,6 +45,7 @@ CASES = [
     (["--cache", "s3://", "{script}"], {}, "no bucket or host after 's3://'"),
     (["{script}"], {"PT2CC_CACHE": "bad proto://x"}, "is not a valid protocol name"),
     (["--cache", "{file}", "{script}"], {}, "is a file, not a directory"),
+    (["--cache", "nosuchfs://bucket/x", "{script}"], {}, "unknown protocol in store URL"),
     # unknown or bad options
     (["--node-cache-max-bytes", "10Q", "{script}"], {}, "is not a size like 500M"),
     (["--wait-timeout", "soon", "{script}"], {}, "argument --wait-timeout: invalid float"),
