@@ -97,8 +97,8 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
     `cache` is any fsspec URL or local path (default: PT2CC_CACHE, else a local directory).
     Settings are Config's fields; PT2CC_* variables fill in the rest. Call it before the
     first compile. Raises ConfigError (and StoreConfigError from storage) for bad input
-    that needs no network to see; the store itself opens in the background, and one that
-    refuses us (a missing bucket) or does not answer is logged and every rank compiles.
+    that needs no network to see; a store that refuses us (a missing bucket) or does not
+    answer within twice PT2CC_STORE_TIMEOUT_S is logged, and every rank compiles.
     """
     global _active
     with _lock:
@@ -117,6 +117,10 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         prepared = _prepare_store(config, fp)
         store = FailOpenStore(config.cache_url, lambda: _open_store(config, prepared, stats),
                               deadline_s=config.store_timeout_s * 2)
+        # Not left to run beside the script: opening is mostly imports (s3fs, botocore),
+        # CPU under the GIL, and beside the script's start it slowed compiles more than it
+        # saved (README, design notes). A store slow to answer is left opening past this.
+        store.wait_opened(config.store_timeout_s * 2)
         with stats.phase("job_store_connect"):
             job_store, how = connect_job_store(config.store_timeout_s, topo)
         tag = config.tag or derive_tag(sys.argv[0] or "python")
@@ -212,8 +216,8 @@ def _prepare_store(config: Config, fp: str) -> PreparedStore:
 
 
 def _open_store(config: Config, prepared: PreparedStore, stats: RankStats) -> Store | None:
-    """On the store's own thread, while the script starts. A store that cannot be used
-    leaves it off: no claims, every rank compiles for itself."""
+    """On the store's own thread. A store that cannot be used leaves it off: no claims,
+    every rank compiles for itself."""
     from storage import StoreConfigError, StoreUnavailable
 
     try:

@@ -7,9 +7,9 @@ frames, never the caller's. (PyTorch resets DDPOptimizer's `fakify_first_call` i
 After a failure the store is left alone for `retry_after_s`: lookups miss, publishes are
 skipped. A refused write makes the store read-only: reads go on, writes stop.
 
-The store is opened on that thread too, so that opening it (on S3: importing s3fs,
-listing the bucket) overlaps the script's start; calls wait for it within their deadline.
-An opener that returns None leaves the store off: every call misses, silently.
+The store is opened on that thread too, within the same deadline for whoever waits for it:
+a store that is slow to answer delays no one past it, and calls made meanwhile miss. An
+opener that returns None leaves the store off: every call misses, silently.
 """
 
 from __future__ import annotations
@@ -113,9 +113,14 @@ class FailOpenStore:
             log.exception("opening store %s failed; every call misses", self.url)
             return None
 
-    def _finish_opening(self) -> None:
+    def wait_opened(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the open to end; whether the store is open."""
         with contextlib.suppress(DeadlineExceeded):
-            self._opening.result(timeout=self._deadline_s)
+            self._opening.result(timeout=timeout_s)
+        return self.opened
+
+    def _finish_opening(self) -> None:
+        self.wait_opened(self._deadline_s)
 
     def _opened(self) -> Store | None:
         return self._opening.result() if self._opening.done() else None
