@@ -9,13 +9,15 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch.distributed as dist
 
 from coordinator import bundle, compat
 from coordinator.artifacts import Artifacts
 from coordinator.kernels import KernelFiles
-from coordinator.single_flight import SingleFlight
+from coordinator.single_flight import JobStore, SingleFlight
 from coordinator.stats import RankStats
 from storage import open_store
+from storage.fail_open import FailOpenStore
 
 KEY = "pt2:fx-graph-v1::fkey:c1"
 
@@ -103,3 +105,23 @@ def test_autotune_lookups_read_the_start_up_index_only(parts: tuple) -> None:
     assert artifacts.get("autotune", "pt2:before") == b'{"XBLOCK": 64}'  # the index has it
     store.put("autotune", "pt2:after", bundle.pack(b'{"XBLOCK": 32}'))  # after the listing
     assert artifacts.get("autotune", "pt2:after") is None  # a listing would have found it
+
+
+def test_no_claim_while_the_store_is_not_open(tmp_path: Path) -> None:
+    """A claim promises the waiters a publish: a rank whose store is still opening (or
+    could not be opened) compiles for itself, and no other rank waits on it."""
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    flights = [SingleFlight(JobStore(server, server), rank, wait_timeout_s=5, stale_after_s=4,
+                            heartbeat_s=1) for rank in (0, 1)]
+    inner = open_store(str(tmp_path / "store"), fingerprint="fp")
+    go = threading.Event()
+    closed = FailOpenStore(inner.url, lambda: inner if go.wait(10) else None, deadline_s=0.2)
+    kernels = KernelFiles(str(tmp_path / "inductor"), str(tmp_path / "pch"),
+                          str(tmp_path / "triton"))
+    stats = RankStats()
+    early = Artifacts(closed, flights[0], kernels, stats, ready_wait_s=0.5)
+    assert early.get("fxgraph", KEY) is None and stats.claimed == 0
+    go.set()
+    closed.wait_opened(5)
+    opened = Artifacts(closed, flights[1], kernels, stats)
+    assert opened.get("fxgraph", KEY) is None and stats.claimed == 1  # the check can fail
