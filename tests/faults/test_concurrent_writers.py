@@ -56,7 +56,11 @@ def test_prune_while_a_job_publishes(tmp_path: Path) -> None:
     common.assert_outputs_are_eager(job, second=True)
     common.assert_no_wait_past_deadline(job)
     published = sum(s["published"] for s in job.stats)
-    kept = {(k, key) for k, key, _ in common.digests(str(store))}
+    entries = common.digests(str(store))
+    kept = {(k, key) for k, key, _ in entries}
     assert ("fxgraph", "pt2:young") in kept and ("fxgraph", "pt2:old") not in kept
-    assert len([e for e in kept if e[1] not in ("pt2:young",)]) == published, (kept, published)
+    # Every variant the job published is kept (two ranks that finish the same unclaimed
+    # entry within milliseconds may both publish it: two variants of one key).
+    ours = [e for e in entries if e[1] != "pt2:young"]
+    assert len(ours) == published, (ours, published)
     common.verify(str(store))
