@@ -148,7 +148,7 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         explainer = Explainer(store, stats, fields, fp)
         artifacts = Artifacts(store, flight, kernels, stats, snapshots,
                               ready_wait_s=config.store_timeout_s * 2, entry_names=entry_names,
-                              explainer=explainer)
+                              explainer=explainer, node=prepared.node_cache)
         artifacts.start_prefetch()
         from coordinator import hooks
 

@@ -8,6 +8,8 @@ raises into a compile: a bug here is logged with its traceback and costs a local
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import threading
@@ -22,6 +24,7 @@ from coordinator.snapshot import Snapshots
 from coordinator.stats import RankStats
 from storage.api import Store
 from storage.atomic import write_file
+from storage.node_cache import NodeCache
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ GUARDED_KINDS = frozenset({"fxgraph", "aotautograd"})
 # the same kernel at about the same time, so a second listing would seldom find another
 # rank's result and would cost every rank a store request per kernel on its compile thread.
 INDEX_ONLY_KINDS = frozenset({"autotune", "bundled-autotune"})
+# The start-up index a node's first process leaves for the others, kept an hour.
+INDEX_NOTE, INDEX_NOTE_KEPT_S = "index-", 3600.0
 
 
 class Artifacts:
@@ -55,8 +60,9 @@ class Artifacts:
     def __init__(self, store: Store | None, flight: SingleFlight, kernels: KernelFiles,
                  stats: RankStats, snapshots: Snapshots | None = None,
                  ready_wait_s: float = 60.0, entry_names: dict[str, str] | None = None,
-                 explainer: Explainer | None = None) -> None:
+                 explainer: Explainer | None = None, node: NodeCache | None = None) -> None:
         self._store = store
+        self._node = node
         self._explainer = explainer
         self._snapshots = snapshots
         self._ready_wait_s = ready_wait_s
@@ -293,7 +299,7 @@ class Artifacts:
     def _list_index(self) -> None:
         try:
             with self._stats.phase("index_listing"):
-                listed = self._store.list_index()  # type: ignore[union-attr]
+                listed = self._list_once_per_node()
             if self._explainer is not None:
                 self._explainer.index_listed(listed)
             with self._lock:
@@ -302,6 +308,27 @@ class Artifacts:
             log.debug("store index: %d keys", len(listed))
         finally:
             self._index_ready.set()
+
+    def _list_once_per_node(self) -> dict[tuple[str, str], list[str]]:
+        """One process of a node lists the store's index for the job; the node's others
+        read what it found (a node of 8 ranks would otherwise list a large store 8 times
+        at once, and 1,000 ranks throttle a bucket)."""
+        store, node = self._store, self._node
+        assert store is not None
+        token = self._flight.job_token() if node is not None else None
+        if node is None or token is None:
+            return store.list_index()
+        note = INDEX_NOTE + hashlib.sha256(f"{token}\0{store.url}".encode()).hexdigest()
+        with node.lock(note):
+            with contextlib.suppress(ValueError, TypeError):  # a damaged note: list again
+                if (found := node.note(note)) is not None:
+                    return {(kind, key): digests for kind, key, digests in json.loads(found)}
+            listed = store.list_index()
+            if listed:  # an empty one may be an outage: let each process try for itself
+                node.leave_note(note, json.dumps(
+                    [[kind, key, digests] for (kind, key), digests in listed.items()]).encode())
+                node.forget_notes(INDEX_NOTE, INDEX_NOTE_KEPT_S)
+            return listed
 
     def _relist(self, kind: str, key: str) -> None:
         if self._store is None:

@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from datetime import timedelta
 from typing import IO, Any
 
@@ -171,6 +172,18 @@ class SingleFlight:
     def job(self) -> JobStore | None:
         """The job store's connections (the end-of-job report travels over them too)."""
         return self._job
+
+    def job_token(self) -> str | None:
+        """A name every rank of this job shares and no other job has (the first rank's
+        proposal, one atomic compare-and-set); None without a job store."""
+        if self._job is None:
+            return None
+        try:
+            token = self._op(self._job.main.compare_set, "token", "", uuid.uuid4().hex)
+        except Exception as exc:  # noqa: BLE001
+            log.debug("c10d store failed while naming the job (%s)", exc)
+            return None
+        return token.decode() if isinstance(token, bytes) else str(token)
 
     def claim(self, kind: str, key: str) -> bool:
         """True when this rank should compile `key` (it now holds the claim)."""

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,6 +81,15 @@ class NodeCache:
 
     def leave_note(self, name: str, data: bytes) -> None:
         write_file(self._notes / name, data)
+
+    def forget_notes(self, prefix: str, older_than_s: float) -> None:
+        """Remove notes named `prefix...`, and their locks, older than `older_than_s`
+        (notes of past jobs, which nobody reads again)."""
+        cutoff = time.time() - older_than_s
+        for path in [*self._notes.glob(f"{prefix}*"), *self._locks.glob(f"{prefix}*")]:
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
 
     def _files(self) -> list[tuple[float, int, Path]]:
         found = []

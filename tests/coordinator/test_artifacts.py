@@ -18,6 +18,7 @@ from coordinator.single_flight import JobStore, SingleFlight
 from coordinator.stats import RankStats
 from storage import open_store
 from storage.fail_open import FailOpenStore
+from storage.node_cache import NodeCache
 
 KEY = "pt2:fx-graph-v1::fkey:c1"
 
@@ -125,3 +126,31 @@ def test_no_claim_while_the_store_is_not_open(tmp_path: Path) -> None:
     closed.wait_opened(5)
     opened = Artifacts(closed, flights[1], kernels, stats)
     assert opened.get("fxgraph", KEY) is None and stats.claimed == 1  # the check can fail
+
+
+def test_one_process_per_node_lists_the_index_for_the_job(tmp_path: Path) -> None:
+    """The node's other processes of the job read the first one's listing; the next job
+    lists again (it must see what was published since)."""
+    store = open_store(str(tmp_path / "store"), fingerprint="fp")
+    store.put("fxgraph", KEY, variant(b"stored"))
+    listings = []
+    real_list = store.list_index
+    store.list_index = lambda: listings.append(1) or real_list()  # type: ignore[method-assign]
+    node = NodeCache(str(tmp_path / "node"))
+    kernels = KernelFiles(str(tmp_path / "inductor"), str(tmp_path / "pch"),
+                          str(tmp_path / "triton"))
+
+    def job() -> list[Artifacts]:
+        server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+        return [Artifacts(store, SingleFlight(JobStore(server, server), rank, wait_timeout_s=5,
+                                              stale_after_s=4, heartbeat_s=1),
+                          kernels, RankStats(), node=node) for rank in (0, 1)]
+
+    first = job()
+    for ranks in (first, job()):
+        for artifacts in ranks:
+            artifacts.start_prefetch()
+            artifacts._await_ready()
+    assert len(listings) == 2  # once per job, not once per process
+    assert all(a._listed == {("fxgraph", KEY): store.list_variants("fxgraph", KEY)}
+               for a in first)

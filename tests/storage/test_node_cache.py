@@ -69,3 +69,19 @@ def test_object_larger_than_cache_is_not_kept(tmp_path):
     nc = NodeCache(tmp_path, max_bytes=10)
     nc.put("ab" + "0" * 62, bytes(100))
     assert cached_bytes(tmp_path) == 0
+
+
+def test_notes_of_past_jobs_are_forgotten(tmp_path):
+    node = NodeCache(tmp_path / "nc")
+    for name in ("index-old", "index-new", "snapshot-old"):
+        with node.lock(name):
+            node.leave_note(name, b"x")
+    hour_ago = time.time() - 3600
+    for name in ("index-old", "snapshot-old"):
+        os.utime(tmp_path / "nc" / ".notes" / name, (hour_ago, hour_ago))
+        os.utime(tmp_path / "nc" / ".locks" / name, (hour_ago, hour_ago))
+    node.forget_notes("index-", 1800)
+    assert node.note("index-old") is None and node.note("index-new") == b"x"
+    assert node.note("snapshot-old") == b"x"  # another kind of note: not ours to forget
+    assert sorted(p.name for p in (tmp_path / "nc" / ".locks").iterdir()) == [
+        "index-new", "snapshot-old"]
