@@ -329,8 +329,9 @@ class ArtifactStore:
 class PreparedStore:
     """A store whose input is checked, not yet opened: `open` does what needs the network.
 
-    The coordinator checks at launch (bad input stops the job there) and opens in the
-    background while the script starts: on S3, opening imports s3fs and lists the bucket.
+    The coordinator checks at launch (bad input stops the job there), then opens it on
+    the store's own thread within a deadline: on S3 opening imports s3fs and lists the
+    bucket, and a store slow to answer must not hold the launch for botocore's retries.
     """
 
     url: str
