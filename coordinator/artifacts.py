@@ -14,12 +14,14 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from coordinator import bundle, compat
 from coordinator.background import Background
 from coordinator.explain import Explainer
 from coordinator.kernels import KernelFiles
-from coordinator.single_flight import SingleFlight, WaitResult
+from coordinator.single_flight import SingleFlight, Waited, WaitResult
 from coordinator.snapshot import Snapshots
 from coordinator.stats import RankStats
 from storage.api import Store
@@ -41,8 +43,8 @@ GUARDED_KINDS = frozenset({"fxgraph", "aotautograd"})
 # the same kernel at about the same time, so a second listing would seldom find another
 # rank's result and would cost every rank a store request per kernel on its compile thread.
 INDEX_ONLY_KINDS = frozenset({"autotune", "bundled-autotune"})
-# The start-up index a node's first process leaves for the others, kept an hour.
-INDEX_NOTE, INDEX_NOTE_KEPT_S = "index-", 3600.0
+# Listings a node's first process leaves for the others of the job, kept an hour.
+JOB_NOTE, JOB_NOTE_KEPT_S = "job-", 3600.0
 
 
 class Artifacts:
@@ -52,9 +54,10 @@ class Artifacts:
     a warm lookup needs no store request: every variant of a key that this process has not
     offered yet is put into PyTorch's local dir before each guard evaluation, unless the
     snapshot already put the same entry there (`entry_names`, digest -> local file name).
-    A key is listed again only where a compile is about to happen: by a claimant, by a
-    waiter once the claimant is done, and once per process for keys that never claim
-    (except autotune results: `INDEX_ONLY_KINDS`).
+    A key is listed again only where a compile is about to happen, once per node and job:
+    by a claimant, and by the first process of a node to miss a key that never claims
+    (except autotune results: `INDEX_ONLY_KINDS`). A waiter lists nothing: it takes the
+    variant the claimant names.
     """
 
     def __init__(self, store: Store | None, flight: SingleFlight, kernels: KernelFiles,
@@ -150,10 +153,11 @@ class Artifacts:
         if kind not in CLAIMING_KINDS:
             self._publisher.submit(f"publishing {kind} {key}", self._publish, kind, key, value)
             return
+        digest = None
         try:
-            self._publish(kind, key, value)
+            digest = self._publish(kind, key, value)
         finally:
-            self._flight.finish(kind, key)
+            self._flight.finish(kind, key, digest)
 
     def drain(self, timeout_s: float) -> None:
         """Wait (at exit) for the publishes still on their way to the store."""
@@ -191,8 +195,8 @@ class Artifacts:
             # Stored variants carry guards and none fit this rank: a claimant's, built for
             # its own inputs, would most likely not fit either. Compile now, unless one is
             # already done (it may have had this rank's sizes).
-            if self._flight.is_done(kind, key):
-                return self._take_fresh(kind, key, relist=True)
+            if (finished := self._flight.finished(kind, key)) is not None:
+                return self._take_named(kind, key, finished)
             log.debug("%s %s: variants are specialised and none fits; not waiting", kind, key)
             self._stats.waits_skipped += 1
             return None
@@ -205,29 +209,37 @@ class Artifacts:
         start = time.monotonic()
         compile_id = compat.current_compile_id()
         with self._stats.phase("wait", key=key, compile_id=compile_id):
-            result = self._flight.wait(kind, key, compile_id)
+            waited = self._flight.wait(kind, key, compile_id)
         self._waited[(kind, key)] = time.monotonic() - start
-        if result is WaitResult.DONE and (found := self._take_fresh(kind, key, relist=True)):
+        if (found := self._take_named(kind, key, waited)) is not None:
             self._stats.loaded_after_wait += 1
-            return found
-        return None
+        return found
 
-    def _publish(self, kind: str, key: str, value: bytes) -> None:
+    def _take_named(self, kind: str, key: str, waited: Waited) -> bytes | None:
+        """After a claimant is done: the variant it named (published or found), if any."""
+        if waited.result is not WaitResult.DONE or waited.variant is None:
+            return None
+        self._note_listed(kind, key, waited.variant)
+        return self._take_fresh(kind, key, relist=False)
+
+    def _publish(self, kind: str, key: str, value: bytes) -> str | None:
+        """The published variant's digest; None when nothing was published."""
         try:
             with self._stats.phase("publish", key=key):
-                self._put(kind, key, value)
+                return self._put(kind, key, value)
         except Exception:
             log.exception("publishing %s %s failed", kind, key)
+            return None
 
-    def _put(self, kind: str, key: str, value: bytes) -> None:
+    def _put(self, kind: str, key: str, value: bytes) -> str | None:
         files = self._kernels.take_new() if kind == "fxgraph" else {}
         if self._store is None or self._store.read_only:
-            return
-        if kind not in CLAIMING_KINDS and self._published_meanwhile(kind, key, value):
-            return
+            return None
+        if kind not in CLAIMING_KINDS and not self._first_to_publish(kind, key, value):
+            return None
         digest = self._store.put(kind, key, bundle.pack(value, files))
         if digest is None:
-            return
+            return None
         self._note_offered(kind, key, digest)
         if kind in GUARDED_KINDS:
             self._note_entry_name(digest, value)
@@ -235,6 +247,7 @@ class Artifacts:
                 self._explainer.published(kind, key)
         with self._lock:  # the compile thread and the publisher both count here
             self._stats.published += 1
+        return digest
 
     def _unseen(self, kind: str, key: str) -> list[str]:
         with self._lock:
@@ -259,6 +272,7 @@ class Artifacts:
             found = self._open(kind, key, blob)
             if found is not None:
                 self._note_offered(kind, key, digest)
+                self._flight.note_variant(kind, key, digest)  # for our claim's waiters
                 if kind in GUARDED_KINDS:
                     self._note_entry_name(digest, found)
                 self._stats.loaded += 1
@@ -313,31 +327,46 @@ class Artifacts:
         """One process of a node lists the store's index for the job; the node's others
         read what it found (a node of 8 ranks would otherwise list a large store 8 times
         at once, and 1,000 ranks throttle a bucket)."""
-        store, node = self._store, self._node
-        assert store is not None
-        token = self._flight.job_token() if node is not None else None
-        if node is None or token is None:
-            return store.list_index()
-        note = INDEX_NOTE + hashlib.sha256(f"{token}\0{store.url}".encode()).hexdigest()
-        with node.lock(note):
-            with contextlib.suppress(ValueError, TypeError):  # a damaged note: list again
-                if (found := node.note(note)) is not None:
-                    return {(kind, key): digests for kind, key, digests in json.loads(found)}
-            listed = store.list_index()
-            if listed:  # an empty one may be an outage: let each process try for itself
-                node.leave_note(note, json.dumps(
-                    [[kind, key, digests] for (kind, key), digests in listed.items()]).encode())
-                node.forget_notes(INDEX_NOTE, INDEX_NOTE_KEPT_S)
-            return listed
+        assert self._store is not None
+        store = self._store
+        found = self._once_per_node("", lambda: [
+            [kind, key, digests] for (kind, key), digests in store.list_index().items()])
+        return {(kind, key): digests for kind, key, digests in found}
 
     def _relist(self, kind: str, key: str) -> None:
+        """List one key's variants, once per node and job (the node's others read it)."""
         if self._store is None:
             return
+        store = self._store
         with self._stats.phase("key_listing"):
-            digests = self._store.list_variants(kind, key)
+            digests = self._once_per_node(f"{kind}\0{key}",
+                                          lambda: store.list_variants(kind, key))
         with self._lock:
             self._listed[(kind, key)] = digests
             self._relisted.add((kind, key))
+
+    def _once_per_node(self, what: str, listing: Callable[[], list[Any]]) -> list[Any]:
+        """`listing()` run by one process of the node for the job (`what`: "" for the
+        index, else a key), the others reading the note it left. An empty index (maybe an
+        outage) is not shared: without it the node's every lookup would miss."""
+        assert self._store is not None
+        node = self._node
+        token = self._flight.job_token() if node is not None else None
+        if node is None or token is None:
+            return listing()
+        note = JOB_NOTE + hashlib.sha256(f"{token}\0{self._store.url}\0{what}".encode()
+                                         ).hexdigest()
+        with node.lock(note):
+            with contextlib.suppress(ValueError):  # a damaged note: list again
+                if (found := node.note(note)) is not None and isinstance(
+                        listed := json.loads(found), list):
+                    return listed
+            listed = listing()
+            if listed or what:
+                node.leave_note(note, json.dumps(listed).encode())
+            if not what:  # once per node and job
+                node.forget_notes(JOB_NOTE, JOB_NOTE_KEPT_S)
+            return listed
 
     def _get_object(self, digest: str) -> bytes | None:
         if self._store is None:
@@ -356,35 +385,28 @@ class Artifacts:
                             self._ready_wait_s)
                 self._index_ready.set()
 
-    def _published_meanwhile(self, kind: str, key: str, value: bytes) -> bool:
-        """Another rank published this variant after our lookup: its entry stands for ours.
+    def _first_to_publish(self, kind: str, key: str, value: bytes) -> bool:
+        """Whether this rank publishes an entry of a kind nobody claims.
 
-        Unclaimed kinds are built by every rank that misses at once; their pickles differ
-        byte for byte, so without this each rank would add a duplicate variant. A variant
-        that was there at our lookup was offered to us and failed our guards, so it does
-        not count. One published meanwhile counts only if its guards are ours: a rank
-        with other sizes may have published another guarded variant of the same key.
+        Every rank that misses such a key builds it at once; their pickles differ byte for
+        byte, so each would add a duplicate variant. The job's first rank to finish an
+        entry with these guards publishes it (an atomic count on the job store, no store
+        request); a rank with other sizes has other guards and publishes its own variant.
         """
-        self._relist(kind, key)
-        unseen = self._unseen(kind, key)
-        if not unseen or kind not in GUARDED_KINDS:
-            return bool(unseen)
-        try:
-            ours = compat.entry_guards(compat.entry_content(value))
-        except ValueError:
-            return False
-        for digest in unseen:
-            blob = self._get_object(digest)
-            # Compared, not used: its kernel files stay where they are (not `_open`).
-            with contextlib.suppress(ValueError):  # BundleError too: a foreign object
-                if blob is not None and compat.entry_guards(
-                        compat.entry_content(bundle.unpack(blob).payload)) == ours:
-                    return True
-        return False
+        guards = None
+        if kind in GUARDED_KINDS:
+            with contextlib.suppress(ValueError):
+                guards = compat.entry_guards(compat.entry_content(value))
+        variant = hashlib.sha256(str(guards).encode()).hexdigest()[:32]
+        return self._flight.first_to_publish(kind, key, variant)
+
+    def _note_listed(self, kind: str, key: str, digest: str) -> None:
+        with self._lock:
+            listed = self._listed.setdefault((kind, key), [])
+            if digest not in listed:
+                listed.insert(0, digest)
 
     def _note_offered(self, kind: str, key: str, digest: str) -> None:
         with self._lock:
             self._offered.setdefault((kind, key), set()).add(digest)
-            listed = self._listed.setdefault((kind, key), [])
-            if digest not in listed:
-                listed.insert(0, digest)
+        self._note_listed(kind, key, digest)

@@ -13,7 +13,9 @@ of its own (a wait holds its connection: the heartbeat and publishing use the ot
 waking at once when the claimant marks the key done, and every `stale_after_s / 2` to
 check the claimant's heartbeat. Claimants beat only while they hold a claim. Every wait
 has a deadline. Keys are scoped to the job (torchrun's run id and restart count: a
-restarted group never waits on claims of the group it replaced).
+restarted group never waits on claims of the group it replaced). A done mark names the
+variant the claimant published or found, and whoever releases a node lock leaves that
+name in the lock's file: waiters take that variant without listing the store.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import threading
 import time
 import uuid
 from datetime import timedelta
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from coordinator.topology import Topology
 
@@ -39,9 +41,17 @@ LOG_EVERY_S = 5.0
 
 
 class WaitResult(enum.Enum):
-    DONE = "done"  # the claimant published (or gave up): look in the store
+    DONE = "done"  # the claimant published (or gave up)
     DEADLINE = "deadline"  # waited wait_timeout_s
     CLAIMANT_DEAD = "claimant-dead"  # its heartbeat stopped
+
+
+class Waited(NamedTuple):
+    """How a wait ended, and the stored variant (its digest) the claimant published or
+    loaded, when it had one: the waiter takes it without listing the store."""
+
+    result: WaitResult
+    variant: str | None = None
 
 
 @dataclasses.dataclass
@@ -117,21 +127,32 @@ class NodeLock:
         self._file = f
         return True
 
-    def wait_free(self, freed: threading.Event) -> None:
-        """Block until no process holds the lock, then set `freed` (the lock is not kept).
+    def wait_free(self, freed: threading.Event, left: list[str]) -> None:
+        """Block until no process holds the lock, then append what the last holder left
+        to `left` and set `freed` (the lock is not kept).
 
         A shared lock: every waiter of the node gets it at once when the holder lets go,
         instead of one after another."""
         try:
-            with open(self._path, "a") as f:
+            with open(self._path, "a+") as f:
                 fcntl.flock(f, fcntl.LOCK_SH)
+                f.seek(0)
+                left.append(f.read().strip())
                 fcntl.flock(f, fcntl.LOCK_UN)
         except OSError:
             pass  # no usable node dir: nothing to wait for
         freed.set()
 
-    def release(self) -> None:
+    def release(self, note: str | None = None) -> None:
+        """Let go, leaving `note` (or nothing) in the file for the processes that waited.
+
+        A note left by an earlier job names a variant of the same key: never wrong, only
+        perhaps not the newest."""
         if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.truncate(0)
+                self._file.write(note or "")
+                self._file.flush()
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
@@ -150,9 +171,10 @@ class SingleFlight:
         if self._node_dir:
             with contextlib.suppress(OSError):
                 os.makedirs(self._node_dir, exist_ok=True)
-        self._held: set[str] = set()
+        self._held: dict[str, str | None] = {}  # claims held -> the variant for the waiters
         self._node_locks: dict[str, NodeLock] = {}  # keys this process stands for on the node
         self._node_waits: set[str] = set()  # keys another process of the node stands for
+        self._token: str | None = None  # the job's name, once known
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._beating = threading.Event()
@@ -176,14 +198,15 @@ class SingleFlight:
     def job_token(self) -> str | None:
         """A name every rank of this job shares and no other job has (the first rank's
         proposal, one atomic compare-and-set); None without a job store."""
-        if self._job is None:
-            return None
+        if self._job is None or self._token is not None:
+            return self._token
         try:
             token = self._op(self._job.main.compare_set, "token", "", uuid.uuid4().hex)
         except Exception as exc:  # noqa: BLE001
             log.debug("c10d store failed while naming the job (%s)", exc)
             return None
-        return token.decode() if isinstance(token, bytes) else str(token)
+        self._token = token.decode() if isinstance(token, bytes) else str(token)
+        return self._token
 
     def claim(self, kind: str, key: str) -> bool:
         """True when this rank should compile `key` (it now holds the claim)."""
@@ -210,38 +233,60 @@ class SingleFlight:
             if node_lock is not None:
                 self._node_locks[name] = node_lock
             if first:
-                self._held.add(name)
+                self._held[name] = None
                 self._beating.set()
         return first
 
-    def finish(self, kind: str, key: str) -> None:
-        """Mark a held claim done (published or not) so waiters stop waiting."""
+    def note_variant(self, kind: str, key: str, digest: str) -> None:
+        """A held claim's key has this stored variant (found after claiming): the waiters
+        take it unless this rank publishes another."""
+        with self._lock:
+            if f"{kind}/{key}" in self._held:
+                self._held[f"{kind}/{key}"] = digest
+
+    def finish(self, kind: str, key: str, variant: str | None = None) -> None:
+        """Mark a held claim done so waiters stop waiting; `variant` is what was published
+        (None: nothing, or the publish failed)."""
         name = f"{kind}/{key}"
         with self._lock:
             if name not in self._held:
                 return
-            self._held.discard(name)
-        self._mark_done(name)
+            noted = self._held.pop(name)
+        self._mark_done(name, variant or noted)
 
     def finish_all(self) -> None:
         """Release every claim still held: the compile that would have published them ended."""
         with self._lock:
-            names, self._held = list(self._held), set()
-        for name in names:
+            held, self._held = self._held, {}
+        for name, noted in held.items():
             log.debug("releasing unpublished claim on %s", name)
-            self._mark_done(name)
+            self._mark_done(name, noted)
 
-    def is_done(self, kind: str, key: str) -> bool:
-        """Whether the claimant of `key` is done already (one store operation, no wait)."""
+    def finished(self, kind: str, key: str) -> Waited | None:
+        """The claimant of `key` is done already: with its variant (no wait); None if not."""
         if self._job is None:
-            return False
+            return None
         try:
-            return bool(self._op(self._job.main.check, [f"done/{kind}/{key}"]))
+            if not self._op(self._job.main.check, [f"done/{kind}/{key}"]):
+                return None
+            return Waited(WaitResult.DONE, self._done_variant(f"{kind}/{key}"))
         except Exception as exc:  # noqa: BLE001
             log.warning("c10d store failed while checking %s %s (%s)", kind, key, exc)
-            return False
+            return None
 
-    def wait(self, kind: str, key: str, compile_id: str | None = None) -> WaitResult:
+    def first_to_publish(self, kind: str, key: str, variant: str) -> bool:
+        """Whether this rank is the job's first to publish this variant of `key` (an
+        identity of its own choosing, such as a hash of the guards): ranks that build an
+        unclaimed entry at once would otherwise each store a byte-different duplicate."""
+        if self._job is None:
+            return True
+        try:
+            return self._op(self._job.main.add, f"pub/{kind}/{key}/{variant}", 1) == 1
+        except Exception as exc:  # noqa: BLE001 - a duplicate is better than a loss
+            log.debug("c10d store failed while deduplicating %s %s (%s)", kind, key, exc)
+            return True
+
+    def wait(self, kind: str, key: str, compile_id: str | None = None) -> Waited:
         """Block until the claimant of `key` is done, dead, or the deadline passes;
         `compile_id` (Dynamo's) names the compile in the log lines."""
         assert self._job is not None
@@ -249,15 +294,19 @@ class SingleFlight:
         what = f"{kind} {_short(key)}" + (f" (compile {compile_id})" if compile_id else "")
         start = time.monotonic()
         self.waits += 1
+        waited = Waited(WaitResult.DEADLINE)
         try:
             with self._lock:
                 on_node = name in self._node_waits
                 self._node_waits.discard(name)
             if on_node:
-                return self._wait_on_node(name, what, start)
-            return self._wait_on_job(name, what, start)
+                waited = self._wait_on_node(name, what, start)
+            else:
+                waited = self._wait_on_job(name, what, start)
+            return waited
         finally:
-            self._release_node_lock(name)
+            # The node's other waiters read the variant from the lock's file.
+            self._release_node_lock(name, waited.variant)
             self.waited_s += time.monotonic() - start
 
     def close(self) -> None:
@@ -272,13 +321,19 @@ class SingleFlight:
         digest = hashlib.sha256(name.encode()).hexdigest()[:40]
         return NodeLock(os.path.join(self._node_dir, digest))
 
-    def _release_node_lock(self, name: str) -> None:
+    def _release_node_lock(self, name: str, variant: str | None) -> None:
         with self._lock:
             node_lock = self._node_locks.pop(name, None)
         if node_lock is not None:
-            node_lock.release()
+            node_lock.release(variant)
 
-    def _wait_on_node(self, name: str, what: str, start: float) -> WaitResult:
+    def _done_variant(self, name: str) -> str | None:
+        """The variant a done mark names: "<rank> <digest>" (or "<rank>", "dead:<rank>")."""
+        assert self._job is not None
+        parts = self._op(self._job.main.get, f"done/{name}").decode().split()
+        return parts[1] if len(parts) == 2 else None
+
+    def _wait_on_node(self, name: str, what: str, start: float) -> Waited:
         """Another process of this node deals with the job store: wait for its lock.
 
         A thread blocks in `flock` until the holder lets go (it takes the lock shared and
@@ -287,8 +342,8 @@ class SingleFlight:
         """
         node_lock = self._node_lock(name)
         assert node_lock is not None
-        freed = threading.Event()
-        threading.Thread(target=node_lock.wait_free, args=(freed,), name="pt2cc-node-wait",
+        freed, left = threading.Event(), []
+        threading.Thread(target=node_lock.wait_free, args=(freed, left), name="pt2cc-node-wait",
                          daemon=True).start()
         deadline, next_log = start + self._wait_timeout_s, start + LOG_EVERY_S
         while not freed.wait(max(0.0, min(next_log, deadline) - time.monotonic())):
@@ -296,14 +351,15 @@ class SingleFlight:
             if now >= deadline:
                 log.warning("waited %.0f s (the deadline) for another rank of this node on "
                             "%s; compiling locally", now - start, what)
-                return WaitResult.DEADLINE
+                return Waited(WaitResult.DEADLINE)
             if now >= next_log:
                 log.info("waiting for another rank of this node on %s (%.0f s so far)",
                          what, now - start)
                 next_log = now + LOG_EVERY_S
-        return WaitResult.DONE  # that process published, loaded, or died: look in the store
+        # That process published, loaded, or died; it left the variant it had, if any.
+        return Waited(WaitResult.DONE, left[0] if left and left[0] else None)
 
-    def _wait_on_job(self, name: str, what: str, start: float) -> WaitResult:
+    def _wait_on_job(self, name: str, what: str, start: float) -> Waited:
         """This node's representative: one blocking wait for the claimant's done mark (on a
         thread, over the waits connection) while this thread checks the claimant's
         heartbeat every stale_after_s / 4. A claimant found dead gets its key marked done,
@@ -328,19 +384,19 @@ class SingleFlight:
                     log.warning("%s's claim on %s: no heartbeat for %.0f s; compiling locally",
                                 who, what, now - beat_seen_at)
                     self._op(main.set, f"done/{name}", f"dead:{owner}")
-                    return WaitResult.CLAIMANT_DEAD
+                    return Waited(WaitResult.CLAIMANT_DEAD)
                 if now >= deadline:
                     log.warning("waited %.0f s (the deadline) for rank %s to compile %s; "
                                 "compiling locally", now - start, owner, what)
-                    return WaitResult.DEADLINE
+                    return Waited(WaitResult.DEADLINE)
                 if now >= next_log:
                     log.info("waiting for rank %s to compile %s (%.0f s so far)",
                              owner if owner is not None else "?", what, now - start)
                     next_log = now + LOG_EVERY_S
-            return WaitResult.DONE
+            return Waited(WaitResult.DONE, self._done_variant(name))
         except Exception as exc:  # noqa: BLE001 - a broken store must not hang the job
             log.warning("c10d store failed while waiting for %s (%s); compiling locally", name, exc)
-            return WaitResult.CLAIMANT_DEAD
+            return Waited(WaitResult.CLAIMANT_DEAD)
 
     def _wait_in_background(self, key: str, timeout_s: float) -> threading.Event:
         """An event set once `key` is set: one blocking `wait` on the waits connection."""
@@ -356,13 +412,14 @@ class SingleFlight:
         threading.Thread(target=block, name="pt2cc-wait", daemon=True).start()
         return done
 
-    def _mark_done(self, name: str) -> None:
+    def _mark_done(self, name: str, variant: str | None) -> None:
         if self._job is not None:
+            mark = f"{self._rank} {variant}" if variant else str(self._rank)
             try:
-                self._op(self._job.main.set, f"done/{name}", str(self._rank))
+                self._op(self._job.main.set, f"done/{name}", mark)
             except Exception as exc:  # noqa: BLE001 - waiters fall back on the heartbeat
                 log.warning("c10d store failed while releasing %s (%s)", name, exc)
-        self._release_node_lock(name)
+        self._release_node_lock(name, variant)
         with self._lock:
             if not self._held:
                 self._beating.clear()

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import base64
 import json
+import pickle
 import threading
+import time
+import types
 from pathlib import Path
 
 import pytest
@@ -65,14 +68,83 @@ def test_a_variant_published_later_is_handed_over_by_the_remote_lookup(parts: tu
     assert artifacts.get("fxgraph", KEY) is None
 
 
-def test_unclaimed_kinds_do_not_pile_up_duplicates(parts: tuple) -> None:
-    artifacts, store, tmp = parts
-    subdir = tmp / "inductor" / "aotautograd" / "akey"
-    artifacts.offer_local("aotautograd", "akey", str(subdir))  # a miss on both ranks
-    store.put("aotautograd", "akey", variant(b"rank 1's"))  # rank 1 published first
-    artifacts.put("aotautograd", "akey", b'{"data": "cmFuayAwJ3M="}')  # rank 0's, byte-different
-    artifacts.drain(5)
-    assert len(store.get_variants("aotautograd", "akey")) == 1
+def entry(guards: str, tag: str) -> bytes:
+    """PyTorch's value for a guarded entry: a pickle with a guard expression."""
+    content = pickle.dumps(types.SimpleNamespace(guards_expr=guards, tag=tag))
+    return json.dumps({"data": base64.b64encode(content).decode()}).encode()
+
+
+SERVERS: list[dist.TCPStore] = []
+
+
+def job(tmp_path: Path, store: object, nodes: list[str]) -> list[Artifacts]:
+    """One process per entry of `nodes` (its node's name), on one job store."""
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    SERVERS.append(server)  # the server stops when its object is collected
+    kernels = KernelFiles(str(tmp_path / "inductor"), str(tmp_path / "pch"),
+                          str(tmp_path / "triton"))
+
+    def connect() -> dist.TCPStore:  # a blocking wait holds its connection
+        return dist.TCPStore("127.0.0.1", server.port, is_master=False)
+
+    return [Artifacts(store, SingleFlight(JobStore(connect(), connect()), rank,
+                                          wait_timeout_s=10,
+                                          stale_after_s=4, heartbeat_s=1,
+                                          node_dir=str(tmp_path / node / "claims")),
+                      kernels, RankStats(), node=NodeCache(str(tmp_path / node)))
+            for rank, node in enumerate(nodes)]
+
+
+def counting(store: object, method: str) -> list[int]:
+    calls: list[int] = []
+    real = getattr(store, method)
+    setattr(store, method, lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def test_unclaimed_kinds_do_not_pile_up_duplicates(tmp_path: Path) -> None:
+    """Every rank builds a missed AOTAutograd entry at once: one variant per guards."""
+    store = open_store(str(tmp_path / "store"), fingerprint="fp")
+    ranks = job(tmp_path, store, ["a", "a", "b"])
+    ranks[0].put("aotautograd", "akey", entry("s0 < 8", "rank 0's"))
+    ranks[1].put("aotautograd", "akey", entry("s0 < 8", "rank 1's"))  # byte-different
+    ranks[2].put("aotautograd", "akey", entry("s0 >= 8", "rank 2's"))  # other sizes
+    for r in ranks:
+        r.drain(5)
+    assert len(store.get_variants("aotautograd", "akey")) == 2
+
+
+def test_waiters_take_the_variant_the_claimant_names_without_listing(tmp_path: Path) -> None:
+    """The claimant on node a, a representative and a node mate on node b: the key is
+    listed once in the job (the claimant's check), and every waiter loads its variant."""
+    store = open_store(str(tmp_path / "store"), fingerprint="fp")
+    listings = counting(store, "list_variants")
+    claimant, representative, mate = job(tmp_path, store, ["a", "b", "b"])
+    value = b'{"data": "Zng=", "time_taken_ms": 1}'
+    assert claimant.get("fxgraph", KEY) is None  # claimed: compile
+    found: dict[int, bytes | None] = {}
+    waiters = [threading.Thread(target=lambda r=r, a=a: found.__setitem__(
+        r, a.get("fxgraph", KEY))) for r, a in ((1, representative), (2, mate))]
+    for t in waiters:
+        t.start()
+        time.sleep(0.5)  # the representative first, then its mate
+    claimant.put("fxgraph", KEY, value)
+    for t in waiters:
+        t.join(10)
+    assert found == {1: value, 2: value}
+    assert len(listings) == 1
+
+
+def test_a_key_is_listed_once_per_node_for_the_job(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"), fingerprint="fp")
+    listings = counting(store, "list_variants")
+    ranks = job(tmp_path, store, ["a", "a", "b"])
+    for r in ranks:
+        assert r.get("aotautograd", "akey") is None
+    assert len(listings) == 2  # nodes a and b
+    assert len(job(tmp_path, store, ["a"])) == 1
+    assert job(tmp_path, store, ["a"])[0].get("aotautograd", "akey") is None
+    assert len(listings) == 3  # a new job lists again
 
 
 def test_only_a_claimed_kind_is_published_on_the_compile_thread(parts: tuple,

@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 import torch.distributed as dist
 
-from coordinator.single_flight import JobStore, SingleFlight, WaitResult
+from coordinator.single_flight import JobStore, SingleFlight, Waited, WaitResult
 
 SETTINGS = {"wait_timeout_s": 20.0, "stale_after_s": 2.0, "heartbeat_s": 0.3}
 
@@ -41,9 +41,9 @@ def test_one_claimant_and_the_waiter_is_let_in_when_it_finishes(server: dist.TCP
     a, b = client(server, 0), client(server, 1)
     assert a.claim("fxgraph", "k1")
     assert not b.claim("fxgraph", "k1")
-    threading.Timer(0.5, a.finish, args=("fxgraph", "k1")).start()
+    threading.Timer(0.5, a.finish, args=("fxgraph", "k1", "d1")).start()
     t0 = time.monotonic()
-    assert b.wait("fxgraph", "k1") is WaitResult.DONE
+    assert b.wait("fxgraph", "k1") == Waited(WaitResult.DONE, "d1")  # the variant published
     assert 0.4 < time.monotonic() - t0 < 5
     assert b.waits == 1 and b.waited_s > 0.4
 
@@ -59,7 +59,12 @@ def test_finish_all_releases_claims_that_were_never_published(server: dist.TCPSt
     assert a.claim("fxgraph", "k3")
     assert not b.claim("fxgraph", "k3")
     a.finish_all()  # the compile ended without a publish (bypass, error)
-    assert b.wait("fxgraph", "k3") is WaitResult.DONE
+    assert b.wait("fxgraph", "k3") == Waited(WaitResult.DONE, None)  # nothing to take
+    assert a.claim("fxgraph", "k3b")
+    a.note_variant("fxgraph", "k3b", "found")  # a stored variant, loaded after claiming
+    a.finish_all()
+    assert b.finished("fxgraph", "k3b") == Waited(WaitResult.DONE, "found")
+    assert b.finished("fxgraph", "k-unclaimed") is None
 
 
 def test_deadline_bounds_a_wait_on_a_live_claimant(server: dist.TCPStore) -> None:
@@ -67,7 +72,7 @@ def test_deadline_bounds_a_wait_on_a_live_claimant(server: dist.TCPStore) -> Non
     assert a.claim("fxgraph", "k4")
     assert not b.claim("fxgraph", "k4")
     t0 = time.monotonic()
-    assert b.wait("fxgraph", "k4") is WaitResult.DEADLINE
+    assert b.wait("fxgraph", "k4").result is WaitResult.DEADLINE
     assert time.monotonic() - t0 < 3
 
 
@@ -93,7 +98,7 @@ def test_killed_claimant_is_detected_by_its_silent_heartbeat(server: dist.TCPSto
         time.sleep(1.0)  # heartbeats are moving: the claimant is alive
         os.kill(proc.pid, signal.SIGKILL)
         t0 = time.monotonic()
-        assert waiter.wait("fxgraph", "k5") is WaitResult.CLAIMANT_DEAD
+        assert waiter.wait("fxgraph", "k5").result is WaitResult.CLAIMANT_DEAD
         assert time.monotonic() - t0 < 2.0 + 3
     finally:
         proc.kill()
@@ -108,14 +113,15 @@ def test_without_a_job_store_every_claim_is_granted() -> None:
 
 def test_one_rank_per_node_deals_with_the_job_store(server: dist.TCPStore, tmp_path) -> None:
     """Two nodes of two ranks: per key, the job store sees the claimant and one
-    representative of the other node; the rest wait on their node's lock."""
+    representative of the other node; the rest wait on their node's lock, and learn the
+    variant published from what its holder left there."""
     node_a, node_b = str(tmp_path / "a"), str(tmp_path / "b")
     claimant, mate_a = client(server, 0, node_a), client(server, 1, node_a)
     rep_b, mate_b = client(server, 2, node_b), client(server, 3, node_b)
     assert claimant.claim("fxgraph", "n1")
     for f in (mate_a, rep_b, mate_b):
         assert not f.claim("fxgraph", "n1")
-    results: dict[int, WaitResult] = {}
+    results: dict[int, Waited] = {}
     waiters = [threading.Thread(target=lambda f=f, r=r: results.__setitem__(r, f.wait(
         "fxgraph", "n1"))) for r, f in ((1, mate_a), (2, rep_b), (3, mate_b))]
     for t in waiters:
@@ -123,10 +129,10 @@ def test_one_rank_per_node_deals_with_the_job_store(server: dist.TCPStore, tmp_p
     time.sleep(3.0)  # a long compile: node-local waiters cost the job store nothing
     ops_before = mate_a.job_store_ops, mate_b.job_store_ops
     published = time.monotonic()
-    claimant.finish("fxgraph", "n1")
+    claimant.finish("fxgraph", "n1", "v1")
     for t in waiters:
         t.join(timeout=10)
-    assert results == {1: WaitResult.DONE, 2: WaitResult.DONE, 3: WaitResult.DONE}
+    assert results == {r: Waited(WaitResult.DONE, "v1") for r in (1, 2, 3)}
     assert time.monotonic() - published < 0.5  # every node woken by the publish
     assert ops_before == (0, 0) and (mate_a.job_store_ops, mate_b.job_store_ops) == (0, 0)
     # A claim, the owner, one blocking wait, a heartbeat read every stale_after_s / 4:
@@ -143,9 +149,17 @@ def test_a_dead_claimant_is_marked_done_for_every_waiter(server: dist.TCPStore) 
     first, second = client(server, 1, stale_after_s=1.0), client(server, 2, stale_after_s=30)
     assert silent.claim("fxgraph", "d1")
     assert not first.claim("fxgraph", "d1") and not second.claim("fxgraph", "d1")
-    later: list[WaitResult] = []
+    later: list[Waited] = []
     t = threading.Thread(target=lambda: later.append(second.wait("fxgraph", "d1")))
     t.start()
-    assert first.wait("fxgraph", "d1") is WaitResult.CLAIMANT_DEAD
+    assert first.wait("fxgraph", "d1").result is WaitResult.CLAIMANT_DEAD
     t.join(timeout=5)
-    assert later == [WaitResult.DONE]
+    assert later == [Waited(WaitResult.DONE, None)]
+
+
+def test_the_first_to_publish_an_unclaimed_variant_is_the_only_one(server: dist.TCPStore) -> None:
+    a, b = client(server, 0), client(server, 1)
+    assert a.first_to_publish("aotautograd", "k", "guards-1")
+    assert not b.first_to_publish("aotautograd", "k", "guards-1")
+    assert b.first_to_publish("aotautograd", "k", "guards-2")  # other sizes, other guards
+    assert SingleFlight(None, 0, **SETTINGS).first_to_publish("aotautograd", "k", "guards-1")
