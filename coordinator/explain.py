@@ -39,6 +39,7 @@ class Explainer:
         self._fingerprint = fingerprint
         self._computed: dict[tuple[str, str], compat.KeyComponents] = {}  # (kind, local key)
         self._stored: dict[tuple[str, str], int] | None = None  # start-up index: variants
+        self._stored_keys: dict[str, str] = {}  # kind -> its stored keys, one per line
         self._stored_components: dict[tuple[str, str], compat.KeyComponents | None] = {}
         self._environments: dict[str, dict[str, str]] | None = None
         self._done: set[tuple[str, str]] = set()
@@ -53,12 +54,17 @@ class Explainer:
     def wants_lines(self, kind: str, local_key: str) -> bool:
         """Whether a key's components are worth computing: not for a key the store held
         at start-up (it hits, or misses on guards, which needs no components)."""
-        stored = self._stored
-        return stored is None or not any(kd == kind and local_key in k for kd, k in stored)
+        # One substring search per lookup (a remote key embeds the local one), not a scan
+        # of the index in Python: AOTAutograd asks once per key it computes.
+        return self._stored is None or local_key not in self._stored_keys.get(kind, "")
 
     def index_listed(self, listed: dict[tuple[str, str], list[str]]) -> None:
         """The store's index as the job found it: what a miss is compared with."""
-        self._stored = {k: len(v) for k, v in listed.items()}
+        keys: dict[str, list[str]] = {}
+        for kind, key in listed:
+            keys.setdefault(kind, []).append(key)
+        self._stored_keys = {kind: "\n".join(ks) for kind, ks in keys.items()}
+        self._stored = {k: len(v) for k, v in listed.items()}  # last: wants_lines reads both
 
     def published(self, kind: str, key: str) -> None:
         """After a publish: keep the key's components beside it (and say once what this
