@@ -80,7 +80,11 @@ class NodeCache:
             return None
 
     def leave_note(self, name: str, data: bytes) -> None:
-        write_file(self._notes / name, data)
+        """Best effort: on a node dir that cannot be written, each process works alone."""
+        try:
+            write_file(self._notes / name, data)
+        except OSError as e:
+            log.debug("cannot leave note %s on the node (%s)", name, e)
 
     def forget_notes(self, prefix: str, older_than_s: float) -> None:
         """Remove notes named `prefix...`, and their locks, older than `older_than_s`
