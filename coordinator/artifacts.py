@@ -235,7 +235,7 @@ class Artifacts:
         files = self._kernels.take_new() if kind == "fxgraph" else {}
         if self._store is None or self._store.read_only:
             return None
-        if kind not in CLAIMING_KINDS and not self._first_to_publish(kind, key, value):
+        if not self._flight.holds(kind, key) and not self._first_to_publish(kind, key, value):
             return None
         digest = self._store.put(kind, key, bundle.pack(value, files))
         if digest is None:
@@ -386,9 +386,10 @@ class Artifacts:
                 self._index_ready.set()
 
     def _first_to_publish(self, kind: str, key: str, value: bytes) -> bool:
-        """Whether this rank publishes an entry of a kind nobody claims.
+        """Whether this rank publishes an entry it built without holding a claim.
 
-        Every rank that misses such a key builds it at once; their pickles differ byte for
+        Every rank that misses a key of a kind nobody claims builds it at once, as do the
+        ranks whose guards rejected a claimant's variant; their pickles differ byte for
         byte, so each would add a duplicate variant. The job's first rank to finish an
         entry with these guards publishes it (an atomic count on the job store, no store
         request); a rank with other sizes has other guards and publishes its own variant.

@@ -237,6 +237,11 @@ class SingleFlight:
                 self._beating.set()
         return first
 
+    def holds(self, kind: str, key: str) -> bool:
+        """Whether this rank holds the claim on `key` (its waiters take what it publishes)."""
+        with self._lock:
+            return f"{kind}/{key}" in self._held
+
     def note_variant(self, kind: str, key: str, digest: str) -> None:
         """A held claim's key has this stored variant (found after claiming): the waiters
         take it unless this rank publishes another."""

@@ -114,6 +114,17 @@ def test_unclaimed_kinds_do_not_pile_up_duplicates(tmp_path: Path) -> None:
     assert len(store.get_variants("aotautograd", "akey")) == 2
 
 
+def test_ranks_whose_guards_rejected_the_claimants_variant_publish_theirs_once(
+        tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"), fingerprint="fp")
+    claimant, *others = job(tmp_path, store, ["a", "a", "b"])
+    assert claimant.get("fxgraph", KEY) is None  # claimed
+    claimant.put("fxgraph", KEY, entry("s0 < 8", "the claimant's"))
+    for rank in others:  # compiled after the claimant's variant failed their guards
+        rank.put("fxgraph", KEY, entry("s0 >= 8", "a waiter's"))
+    assert len(store.get_variants("fxgraph", KEY)) == 2
+
+
 def test_waiters_take_the_variant_the_claimant_names_without_listing(tmp_path: Path) -> None:
     """The claimant on node a, a representative and a node mate on node b: the key is
     listed once in the job (the claimant's check), and every waiter loads its variant."""
