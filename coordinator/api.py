@@ -112,7 +112,8 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         topo = topology.this_process()
         rank = topo.rank
         stats = RankStats(rank=rank, trace=_trace(config.trace, rank))
-        fields = fingerprint.describe()
+        with stats.phase("fingerprint"):  # initialises CUDA, as the script would later
+            fields = fingerprint.describe()
         fp = fingerprint.fingerprint(fields)
         prepared = _prepare_store(config, fp)
         store = FailOpenStore(config.cache_url, lambda: _open_store(config, prepared, stats),
@@ -152,7 +153,8 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         artifacts.start_prefetch()
         from coordinator import hooks
 
-        undo = hooks.install(artifacts, explainer, ddp_graph_split=config.ddp_graph_split)
+        with stats.phase("hooks_install"):  # imports Inductor, as the first compile would
+            undo = hooks.install(artifacts, explainer, ddp_graph_split=config.ddp_graph_split)
         _active = _Installation(config, store, flight, stats, snapshots, artifacts, explainer,
                                 undo)
         atexit.register(_at_exit)
