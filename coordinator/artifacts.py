@@ -8,6 +8,7 @@ raises into a compile: a bug here is logged with its traceback and costs a local
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -235,9 +236,13 @@ class Artifacts:
         files = self._kernels.take_new() if kind == "fxgraph" else {}
         if self._store is None or self._store.read_only:
             return None
-        if not self._flight.holds(kind, key) and not self._first_to_publish(kind, key, value):
+        held = self._flight.holds(kind, key)
+        if not held and not self._first_to_publish(kind, key, value):
             return None
-        digest = self._store.put(kind, key, bundle.pack(value, files))
+        # Our claim's waiters on this node need not wait for the upload: they read the
+        # node's copy.
+        on_node = functools.partial(self._flight.let_node_in, kind, key) if held else None
+        digest = self._store.put(kind, key, bundle.pack(value, files), on_node)
         if digest is None:
             return None
         self._note_offered(kind, key, digest)

@@ -249,6 +249,11 @@ class SingleFlight:
             if f"{kind}/{key}" in self._held:
                 self._held[f"{kind}/{key}"] = digest
 
+    def let_node_in(self, kind: str, key: str, variant: str) -> None:
+        """The node's other processes may take `variant` now (it is in the node cache);
+        the job's other nodes wait for `finish`, once it is in the store."""
+        self._release_node_lock(f"{kind}/{key}", variant)
+
     def finish(self, kind: str, key: str, variant: str | None = None) -> None:
         """Mark a held claim done so waiters stop waiting; `variant` is what was published
         (None: nothing, or the publish failed)."""

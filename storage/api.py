@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from storage.store import StoreStats
@@ -31,7 +32,8 @@ class Store(Protocol):
 
     def get_object(self, digest: str) -> bytes | None: ...
 
-    def put(self, kind: str, key: str, data: bytes) -> str | None: ...
+    def put(self, kind: str, key: str, data: bytes,
+            on_node: Callable[[str], None] | None = None) -> str | None: ...
 
     def get_snapshot(self, tag: str) -> bytes | None: ...
 

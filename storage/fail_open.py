@@ -83,8 +83,9 @@ class FailOpenStore:
     def get_snapshot(self, tag: str) -> bytes | None:
         return self._call(f"fetching snapshot {tag!r}", None, "get_snapshot", tag)
 
-    def put(self, kind: str, key: str, data: bytes) -> str | None:
-        return self._write(f"publishing {kind} {key}", "put", kind, key, data)
+    def put(self, kind: str, key: str, data: bytes,
+            on_node: Callable[[str], None] | None = None) -> str | None:
+        return self._write(f"publishing {kind} {key}", "put", kind, key, data, on_node)
 
     def put_snapshot(self, tag: str, data: bytes) -> str | None:
         return self._write(f"publishing snapshot {tag!r}", "put_snapshot", tag, data)

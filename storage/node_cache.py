@@ -45,10 +45,12 @@ class NodeCache:
             os.utime(path)
         return data
 
-    def put(self, digest: str, data: bytes) -> None:
-        """Store bytes atomically (temp file + os.replace), then evict down to the size bound."""
+    def put(self, digest: str, data: bytes) -> bool:
+        """Store bytes atomically (temp file + os.replace), then evict down to the size
+        bound; whether the copy is still there (one larger than the bound is not)."""
         write_file(self._path(digest), data)
         self.evict()
+        return self._path(digest).exists()
 
     def discard(self, digest: str) -> None:
         """Drop a cached copy (e.g. one that failed verification) so it is fetched again."""

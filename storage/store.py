@@ -7,7 +7,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -229,19 +229,20 @@ class ArtifactStore:
             self._keep_on_node(digest, blob)
             return payload
 
-    def _keep_on_node(self, digest: str, blob: bytes) -> None:
-        """A copy for this machine's other processes; a node cache we cannot write is
-        skipped (one warning), never an error."""
+    def _keep_on_node(self, digest: str, blob: bytes) -> bool:
+        """A copy for this machine's other processes, and whether it was kept; a node cache
+        we cannot write is skipped (one warning), never an error."""
         nc = self.node_cache
         if nc is None:
-            return
+            return False
         try:
-            nc.put(digest, blob)
+            return nc.put(digest, blob)
         except OSError as e:
             if "node cache" not in self._warned:
                 self._warned.add("node cache")
                 log.warning("node cache %s not writable (%s); continuing without it",
                             nc.dir, e)
+            return False
 
     def _quarantine(self, digest: str, err: IntegrityError) -> None:
         """Move a bad object aside so that no reader trips over it again, and say so once."""
@@ -260,9 +261,12 @@ class ArtifactStore:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def put(self, kind: str, key: str, data: bytes) -> str:
-        """Publish one variant under (kind, key); returns its sha256 hex digest."""
-        return self._publish(self.layout.variants_dir(kind, key), data)
+    def put(self, kind: str, key: str, data: bytes,
+            on_node: Callable[[str], None] | None = None) -> str:
+        """Publish one variant under (kind, key); returns its sha256 hex digest.
+        `on_node(digest)` is called once this machine's other processes can read it from
+        the node cache, before the upload (not at all without a node copy)."""
+        return self._publish(self.layout.variants_dir(kind, key), data, on_node)
 
     def put_snapshot(self, tag: str, data: bytes) -> str:
         """Publish a bulk snapshot (e.g. torch.compiler.save_cache_artifacts bytes) under `tag`."""
@@ -303,9 +307,11 @@ class ArtifactStore:
                 raise StoreReadOnly(f"store {self.url} refused a write: {e}") from e
             raise
 
-    def _publish(self, entry_dir: str, data: bytes) -> str:
-        """Object first, entry second, so a live writer never leaves an entry without object;
-        then a copy in the node cache.
+    def _publish(self, entry_dir: str, data: bytes,
+                 on_node: Callable[[str], None] | None = None) -> str:
+        """A copy in the node cache first (the machine's waiting ranks read it there while
+        the upload runs); then the object, then the entry, so a live writer never leaves
+        an entry without object.
 
         The object is written even when it exists: the write is idempotent, repairs a
         damaged copy and refreshes its mtime, which keeps `prune` from removing it while
@@ -313,6 +319,8 @@ class ArtifactStore:
         """
         digest = sealed.digest_of(data)
         blob = sealed.encode(data, self._key)
+        if self._keep_on_node(digest, blob) and on_node is not None:
+            on_node(digest)
         obj = self.layout.object_path(digest)
         entry = f"{entry_dir}/{digest}"
         marker = digest.encode()
@@ -320,8 +328,6 @@ class ArtifactStore:
             self._retrier.call("put object", lambda: write_atomic(self.fs, obj, blob))
             self._retrier.call("put entry", lambda: write_atomic(self.fs, entry, marker))
         self._count(puts=1, bytes_written=len(blob) + len(marker))
-        # Ranks of this machine waiting for it then read it locally, not from the store.
-        self._keep_on_node(digest, blob)
         return digest
 
 

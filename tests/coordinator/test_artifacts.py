@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
+import storage.store
 from coordinator import bundle, compat
 from coordinator.artifacts import Artifacts
 from coordinator.kernels import KernelFiles
@@ -146,6 +147,33 @@ def test_waiters_take_the_variant_the_claimant_names_without_listing(tmp_path: P
     assert len(listings) == 1
 
 
+def test_the_claimants_node_mates_load_before_the_upload_ends(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    store = open_store(str(tmp_path / "store"), fingerprint="fp",
+                       node_cache_dir=str(tmp_path / "a"))
+    upload, real_write = threading.Event(), storage.store.write_atomic
+
+    def slow_write(fs: object, path: str, data: bytes) -> None:
+        assert upload.wait(10)
+        real_write(fs, path, data)
+
+    monkeypatch.setattr(storage.store, "write_atomic", slow_write)
+    claimant, mate = job(tmp_path, store, ["a", "a"])
+    value = b'{"data": "Zng=", "time_taken_ms": 1}'
+    assert claimant.get("fxgraph", KEY) is None  # claimed
+    found: list[bytes | None] = []
+    waiter = threading.Thread(target=lambda: found.append(mate.get("fxgraph", KEY)))
+    waiter.start()
+    time.sleep(0.5)  # waiting on the node lock
+    publisher = threading.Thread(target=claimant.put, args=("fxgraph", KEY, value))
+    publisher.start()
+    waiter.join(10)
+    assert found == [value] and publisher.is_alive()  # loaded while the upload is held
+    upload.set()
+    publisher.join(10)
+    assert store.list_variants("fxgraph", KEY) != []
+
+
 def test_a_key_is_listed_once_per_node_for_the_job(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "store"), fingerprint="fp")
     listings = counting(store, "list_variants")
@@ -164,11 +192,11 @@ def test_only_a_claimed_kind_is_published_on_the_compile_thread(parts: tuple,
     artifacts, store, _ = parts
     held, writers, real_put = threading.Event(), {}, store.put
 
-    def put(kind: str, key: str, data: bytes) -> str:
+    def put(kind: str, key: str, data: bytes, on_node: object = None) -> str:
         writers[kind] = threading.current_thread().name
         if kind == "autotune":
             assert held.wait(5)
-        return real_put(kind, key, data)
+        return real_put(kind, key, data, on_node)
 
     monkeypatch.setattr(store, "put", put)
     artifacts.put("autotune", "pt2:tkey", b'{"XBLOCK": 64}')  # returns while the store is held
