@@ -320,7 +320,10 @@ class ArtifactStore:
         digest = sealed.digest_of(data)
         blob = sealed.encode(data, self._key)
         if self._keep_on_node(digest, blob) and on_node is not None:
-            on_node(digest)
+            try:
+                on_node(digest)
+            except Exception:  # the caller's: the upload still happens
+                log.exception("telling this node's readers about %s failed", digest)
         obj = self.layout.object_path(digest)
         entry = f"{entry_dir}/{digest}"
         marker = digest.encode()
