@@ -8,6 +8,7 @@ import os
 import stat
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -111,7 +112,11 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         rank_log.setup(config.log_level)
         topo = topology.this_process()
         rank = topo.rank
+        started = time.perf_counter()
         stats = RankStats(rank=rank, trace=_trace(config.trace, rank))
+        # Its baseline of PyTorch's counters imports torch and Dynamo, as the script's
+        # first compile would: timed, to tell work moved before main() from work added.
+        stats.add_phase("dynamo_import", time.perf_counter() - started)
         with stats.phase("fingerprint"):  # initialises CUDA, as the script would later
             fields = fingerprint.describe()
         fp = fingerprint.fingerprint(fields)

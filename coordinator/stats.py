@@ -62,12 +62,16 @@ class RankStats:
             yield
         finally:
             elapsed = time.perf_counter() - start
-            with self._lock:
-                seconds_calls = self.phases.setdefault(name, [0.0, 0])
-                seconds_calls[0] += elapsed
-                seconds_calls[1] += 1
+            self.add_phase(name, elapsed)
             if self.trace is not None and (args or elapsed >= TRACE_MIN_S):
                 self.trace.span(name, wall, wall + elapsed, **args)
+
+    def add_phase(self, name: str, seconds: float) -> None:
+        """Count one step timed by `phase`, or before this object existed."""
+        with self._lock:
+            seconds_calls = self.phases.setdefault(name, [0.0, 0])
+            seconds_calls[0] += seconds
+            seconds_calls[1] += 1
 
     def miss(self, kind: str, key: str, group: str, reason: str, compile_id: str | None) -> None:
         """Count one explained miss."""

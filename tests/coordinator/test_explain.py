@@ -58,6 +58,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                   lambda: torch.compile(fn)(torch.ones(3, 4)), m)
     assert reasons(snap) == ["new graph: the store held no fxgraph entries"], snap
     assert set(snap["misses"]) == {"new graph"}, snap["misses"]
+    # What install() does before the script runs, timed (moved work or added work).
+    assert {"dynamo_import", "fingerprint", "store_open", "hooks_install"} <= set(
+        snap["phases"]), snap["phases"]
     return tmp / "store"
 
 
