@@ -243,21 +243,9 @@ def test_one_process_per_node_lists_the_index_for_the_job(tmp_path: Path) -> Non
     lists again (it must see what was published since)."""
     store = open_store(str(tmp_path / "store"), fingerprint="fp")
     store.put("fxgraph", KEY, variant(b"stored"))
-    listings = []
-    real_list = store.list_index
-    store.list_index = lambda: listings.append(1) or real_list()  # type: ignore[method-assign]
-    node = NodeCache(str(tmp_path / "node"))
-    kernels = KernelFiles(str(tmp_path / "inductor"), str(tmp_path / "pch"),
-                          str(tmp_path / "triton"))
-
-    def job() -> list[Artifacts]:
-        server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-        return [Artifacts(store, SingleFlight(JobStore(server, server), rank, wait_timeout_s=5,
-                                              stale_after_s=4, heartbeat_s=1),
-                          kernels, RankStats(), node=node) for rank in (0, 1)]
-
-    first = job()
-    for ranks in (first, job()):
+    listings = counting(store, "list_index")
+    first = job(tmp_path, store, ["node", "node"])
+    for ranks in (first, job(tmp_path, store, ["node", "node"])):
         for artifacts in ranks:
             artifacts.start_prefetch()
             artifacts._await_ready()
