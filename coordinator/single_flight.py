@@ -245,9 +245,10 @@ class SingleFlight:
     def note_variant(self, kind: str, key: str, digest: str) -> None:
         """A held claim's key has this stored variant (found after claiming): the waiters
         take it unless this rank publishes another."""
+        name = f"{kind}/{key}"
         with self._lock:
-            if f"{kind}/{key}" in self._held:
-                self._held[f"{kind}/{key}"] = digest
+            if name in self._held:
+                self._held[name] = digest
 
     def let_node_in(self, kind: str, key: str, variant: str) -> None:
         """The node's other processes may take `variant` now (it is in the node cache);
@@ -276,10 +277,11 @@ class SingleFlight:
         """The claimant of `key` is done already: with its variant (no wait); None if not."""
         if self._job is None:
             return None
+        name = f"{kind}/{key}"
         try:
-            if not self._op(self._job.main.check, [f"done/{kind}/{key}"]):
+            if not self._op(self._job.main.check, [f"done/{name}"]):
                 return None
-            return Waited(WaitResult.DONE, self._done_variant(f"{kind}/{key}"))
+            return Waited(WaitResult.DONE, self._done_variant(name))
         except Exception as exc:  # noqa: BLE001
             log.warning("c10d store failed while checking %s %s (%s)", kind, key, exc)
             return None
