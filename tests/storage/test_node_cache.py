@@ -67,7 +67,7 @@ def test_lru_eviction(tmp_path):
 
 def test_object_larger_than_cache_is_not_kept(tmp_path):
     nc = NodeCache(tmp_path, max_bytes=10)
-    nc.put("ab" + "0" * 62, bytes(100))
+    assert nc.put("ab" + "0" * 62, bytes(100)) is False  # so nobody is told to read it
     assert cached_bytes(tmp_path) == 0
 
 
