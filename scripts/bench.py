@@ -222,6 +222,8 @@ def run_rows(args: argparse.Namespace, work: Path, servers: Servers) -> dict[str
             jobdir = work / "jobs" / name
             target = ["-m", "coordinator", "--cache", url, "--stats-file", str(jobdir / "stats"),
                       "--tag", "train", TRAIN]
+            if getattr(args, "trace_dir", None):  # the job's timeline, kept past the work dir
+                target[-1:-1] = ["--trace", str(Path(args.trace_dir) / name)]
         res = run_job(args, name, work, node, target, env, timeout)
         if redis_before is not None:
             info = redis_before.info("stats")

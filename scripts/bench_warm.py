@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--out-dir", default=str(harness.RESULTS))
     p.add_argument("--label", default="", help="added to the file names (e.g. ddp, fsdp2)")
+    p.add_argument("--traces", action="store_true", help="keep each coordinated job's "
+                   "timeline (--trace) in OUT_DIR/traces-<machine>[-label]/rep<N>/<row>")
     args = p.parse_args(argv)
     stores = args.stores.split(",")
     if not stores or set(stores) - set(TARGETS):
@@ -81,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     repeats = []
     for rep in range(args.repeat):
         work = Path(tempfile.mkdtemp(prefix=f"bench-warm-{rep}-"))
+        if args.traces:
+            args.trace_dir = str(Path(args.out_dir) / f"traces-{name}"
+                                 f"{'-' + args.label if args.label else ''}" / f"rep{rep + 1}")
         servers = bench.Servers(work)
         try:
             rows = bench.run_rows(args, work, servers)
@@ -103,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         rep_out["none_phases"] = phases_of(rows["none"], outs(work, "none", args.nproc))
         repeats.append(rep_out)
         print(json.dumps({k: v for k, v in rep_out.items() if "phases" not in k}), flush=True)
+        if args.traces:  # each rank's output and counters beside its timeline
+            for f in [*(work / "jobs").glob("*/*.rank*.json"), *(work / "jobs").glob("*/log.txt")]:
+                dest = Path(args.trace_dir) / f.parent.name
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.copy(f, dest / f.name)
         shutil.rmtree(work, ignore_errors=True)
         md = write_report(args, name, info, repeats, stores)  # after each repeat: a run cut
         # short by a time limit still leaves what it measured
