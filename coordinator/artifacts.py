@@ -87,8 +87,10 @@ class Artifacts:
         # or placed, and what the snapshot placed (shared with Snapshots, which carries it).
         self.entry_names: dict[str, str] = entry_names if entry_names is not None else {}
         self._lock = threading.Lock()
-        # Publishes of kinds nobody waits for (no claim): off the compile thread.
+        # No publish runs on the compile thread. Entries nobody waits for go in order on one
+        # thread; a claimed entry, which waiters wait for, on its own, not behind them.
         self._publisher = Background("pt2cc-publish")
+        self._claimed_uploads = Background("pt2cc-publish-claimed")
         if store is None:
             self._index_ready.set()
 
@@ -143,27 +145,29 @@ class Artifacts:
         self._specialised.add((kind, key))
 
     def put(self, kind: str, key: str, value: bytes) -> None:
-        """PyTorch publishing a fresh entry. A claimed kind is stored before the waiters
-        are let in; the others (nobody waits for them) are stored in the background."""
+        """PyTorch publishing a fresh entry: stored in the background, so the compile goes
+        on. The claim on a claimed entry outlives the compile until it is stored (its
+        node's waiters are let in once the node cache has it, the job's others after)."""
         if (waited := self._waited.pop((kind, key), None)) is not None:
             self._stats.wasted_wait_s += waited  # waited, then compiled all the same
         if (started := self._missed_at.pop((kind, key), None)) is not None \
                 and self._stats.trace is not None:
             self._stats.trace.span(f"compile {kind}", started, time.time(), key=key,
                                    compile_id=compat.current_compile_id())
-        if kind not in CLAIMING_KINDS:
-            self._publisher.submit(f"publishing {kind} {key}", self._publish, kind, key, value)
-            return
-        digest = None
-        try:
-            digest = self._publish(kind, key, value)
-        finally:
-            self._flight.finish(kind, key, digest)
+        files = self._kernels.take_new() if kind == "fxgraph" else {}  # this compile's
+        what = f"publishing {kind} {key}"
+        if self._flight.hand_over(kind, key):
+            self._claimed_uploads.submit(what, self._publish_claimed, kind, key, value, files)
+        else:
+            self._publisher.submit(what, self._publish, kind, key, value, files)
 
     def drain(self, timeout_s: float) -> None:
         """Wait (at exit) for the publishes still on their way to the store."""
         log.debug("waiting up to %.0f s for background publishes", timeout_s)
-        if left := self._publisher.drain(timeout_s):
+        deadline = time.monotonic() + timeout_s
+        left = self._claimed_uploads.drain(timeout_s)
+        left += self._publisher.drain(max(0.0, deadline - time.monotonic()))
+        if left:
             log.warning("%d publishes still unfinished after %.0f s; a later job compiles "
                         "them again", left, timeout_s)
 
@@ -223,17 +227,25 @@ class Artifacts:
         self._note_listed(kind, key, waited.variant)
         return self._take_fresh(kind, key, relist=False)
 
-    def _publish(self, kind: str, key: str, value: bytes) -> str | None:
+    def _publish_claimed(self, kind: str, key: str, value: bytes,
+                         files: dict[str, bytes]) -> None:
+        digest = None
+        try:
+            digest = self._publish(kind, key, value, files)
+        finally:
+            self._flight.finish(kind, key, digest)
+
+    def _publish(self, kind: str, key: str, value: bytes,
+                 files: dict[str, bytes]) -> str | None:
         """The published variant's digest; None when nothing was published."""
         try:
             with self._stats.phase("publish", key=key):
-                return self._put(kind, key, value)
+                return self._put(kind, key, value, files)
         except Exception:
             log.exception("publishing %s %s failed", kind, key)
             return None
 
-    def _put(self, kind: str, key: str, value: bytes) -> str | None:
-        files = self._kernels.take_new() if kind == "fxgraph" else {}
+    def _put(self, kind: str, key: str, value: bytes, files: dict[str, bytes]) -> str | None:
         if self._store is None or self._store.read_only:
             return None
         held = self._flight.holds(kind, key)

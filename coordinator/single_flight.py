@@ -172,6 +172,7 @@ class SingleFlight:
             with contextlib.suppress(OSError):
                 os.makedirs(self._node_dir, exist_ok=True)
         self._held: dict[str, str | None] = {}  # claims held -> the variant for the waiters
+        self._handed_over: set[str] = set()  # held claims a publish thread will finish
         self._node_locks: dict[str, NodeLock] = {}  # keys this process stands for on the node
         self._node_waits: set[str] = set()  # keys another process of the node stands for
         self._token: str | None = None  # the job's name, once known
@@ -255,6 +256,17 @@ class SingleFlight:
         the job's other nodes wait for `finish`, once it is in the store."""
         self._release_node_lock(f"{kind}/{key}", variant)
 
+    def hand_over(self, kind: str, key: str) -> bool:
+        """A held claim's entry is being published on another thread: the claim outlives
+        the compile (`finish_all` leaves it) until that thread calls `finish`. False when
+        this rank holds no claim on `key`."""
+        name = f"{kind}/{key}"
+        with self._lock:
+            if name not in self._held:
+                return False
+            self._handed_over.add(name)
+            return True
+
     def finish(self, kind: str, key: str, variant: str | None = None) -> None:
         """Mark a held claim done so waiters stop waiting; `variant` is what was published
         (None: nothing, or the publish failed)."""
@@ -263,12 +275,16 @@ class SingleFlight:
             if name not in self._held:
                 return
             noted = self._held.pop(name)
+            self._handed_over.discard(name)
         self._mark_done(name, variant or noted)
 
     def finish_all(self) -> None:
-        """Release every claim still held: the compile that would have published them ended."""
+        """Release every claim still held but not handed over: the compile that would have
+        published them ended."""
         with self._lock:
-            held, self._held = self._held, {}
+            held = {n: v for n, v in self._held.items() if n not in self._handed_over}
+            for name in held:
+                del self._held[name]
         for name, noted in held.items():
             log.debug("releasing unpublished claim on %s", name)
             self._mark_done(name, noted)
@@ -322,7 +338,10 @@ class SingleFlight:
             self.waited_s += time.monotonic() - start
 
     def close(self) -> None:
+        """Release every claim, those handed over too (their publish did not end in time)."""
         self._stop.set()
+        with self._lock:
+            self._handed_over.clear()
         self.finish_all()
 
     # -- internals -----------------------------------------------------------------------

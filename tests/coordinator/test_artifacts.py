@@ -123,6 +123,8 @@ def test_ranks_whose_guards_rejected_the_claimants_variant_publish_theirs_once(
     claimant.put("fxgraph", KEY, entry("s0 < 8", "the claimant's"))
     for rank in others:  # compiled after the claimant's variant failed their guards
         rank.put("fxgraph", KEY, entry("s0 >= 8", "a waiter's"))
+    for rank in (claimant, *others):
+        rank.drain(5)
     assert len(store.get_variants("fxgraph", KEY)) == 2
 
 
@@ -165,13 +167,14 @@ def test_the_claimants_node_mates_load_before_the_upload_ends(tmp_path: Path,
     waiter = threading.Thread(target=lambda: found.append(mate.get("fxgraph", KEY)))
     waiter.start()
     time.sleep(0.5)  # waiting on the node lock
-    publisher = threading.Thread(target=claimant.put, args=("fxgraph", KEY, value))
-    publisher.start()
+    claimant.put("fxgraph", KEY, value)
     waiter.join(10)
-    assert found == [value] and publisher.is_alive()  # loaded while the upload is held
+    assert found == [value]  # loaded while the upload is held
+    assert store.list_variants("fxgraph", KEY) == [] and claimant._flight.holds("fxgraph", KEY)
     upload.set()
-    publisher.join(10)
+    claimant.drain(10)
     assert store.list_variants("fxgraph", KEY) != []
+    assert not claimant._flight.holds("fxgraph", KEY)  # released once stored
 
 
 def test_a_key_is_listed_once_per_node_for_the_job(tmp_path: Path) -> None:
@@ -185,28 +188,31 @@ def test_a_key_is_listed_once_per_node_for_the_job(tmp_path: Path) -> None:
     assert len(listings) == 3  # a new job lists again
 
 
-def test_only_a_claimed_kind_is_published_on_the_compile_thread(parts: tuple,
-                                                                monkeypatch) -> None:
-    """Waiters need an FX graph in the store before its claim is released; nobody waits
-    for an autotune result, so its store requests stay off the compile thread."""
-    artifacts, store, _ = parts
+def test_no_publish_runs_on_the_compile_thread(tmp_path: Path, monkeypatch) -> None:
+    """Every publish is stored in the background, a claimed one on its own thread (not
+    behind the entries nobody waits for); the claim outlives the compile until it is
+    stored, so other nodes' waiters never take a variant that is not there yet."""
+    store = open_store(str(tmp_path / "store"), fingerprint="fp")
+    artifacts, _ = job(tmp_path, store, ["a", "a"])
+    flight = artifacts._flight
     held, writers, real_put = threading.Event(), {}, store.put
 
     def put(kind: str, key: str, data: bytes, on_node: object = None) -> str:
         writers[kind] = threading.current_thread().name
-        if kind == "autotune":
-            assert held.wait(5)
+        assert held.wait(5)
         return real_put(kind, key, data, on_node)
 
     monkeypatch.setattr(store, "put", put)
     artifacts.put("autotune", "pt2:tkey", b'{"XBLOCK": 64}')  # returns while the store is held
-    assert store.list_variants("autotune", "pt2:tkey") == []
+    assert artifacts.get("fxgraph", KEY) is None and flight.holds("fxgraph", KEY)  # claimed
     artifacts.put("fxgraph", KEY, b'{"data": "Zng=", "time_taken_ms": 1}')
-    assert len(store.list_variants("fxgraph", KEY)) == 1  # landed before put returned
+    artifacts.compile_ended()  # the compile is over; its publish is not
+    assert store.list_variants("fxgraph", KEY) == [] and flight.holds("fxgraph", KEY)
     held.set()
     artifacts.drain(5)
     assert len(store.list_variants("autotune", "pt2:tkey")) == 1
-    assert writers == {"autotune": "pt2cc-publish", "fxgraph": threading.current_thread().name}
+    assert len(store.list_variants("fxgraph", KEY)) == 1 and not flight.holds("fxgraph", KEY)
+    assert writers == {"autotune": "pt2cc-publish", "fxgraph": "pt2cc-publish-claimed"}
 
 
 def test_autotune_lookups_read_the_start_up_index_only(parts: tuple) -> None:

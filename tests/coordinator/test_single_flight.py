@@ -67,6 +67,20 @@ def test_finish_all_releases_claims_that_were_never_published(server: dist.TCPSt
     assert b.finished("fxgraph", "k-unclaimed") is None
 
 
+def test_a_claim_handed_over_to_a_publish_thread_outlives_its_compile(
+        server: dist.TCPStore) -> None:
+    a, b = client(server, 0), client(server, 1)
+    assert a.claim("fxgraph", "k3c") and a.hand_over("fxgraph", "k3c")
+    assert not b.hand_over("fxgraph", "k3c")  # holds no claim on it
+    a.finish_all()  # the compile ended; the upload runs on
+    assert b.finished("fxgraph", "k3c") is None and a.holds("fxgraph", "k3c")
+    a.finish("fxgraph", "k3c", "d3c")  # stored
+    assert b.finished("fxgraph", "k3c") == Waited(WaitResult.DONE, "d3c")
+    assert a.claim("fxgraph", "k3d") and a.hand_over("fxgraph", "k3d")
+    a.close()  # at exit, a publish that did not end in time releases it all the same
+    assert b.finished("fxgraph", "k3d") == Waited(WaitResult.DONE, None)
+
+
 def test_deadline_bounds_a_wait_on_a_live_claimant(server: dist.TCPStore) -> None:
     a, b = client(server, 0), client(server, 1, wait_timeout_s=1.0)
     assert a.claim("fxgraph", "k4")
