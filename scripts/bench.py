@@ -134,6 +134,8 @@ def run_job(args: argparse.Namespace, name: str, work: Path, node: Path, target:
         # and on a 2-core machine with 2 ranks a pool has no cores to use anyway.
         "TORCHINDUCTOR_COMPILE_THREADS": "1",
         "PT2CC_BENCH_CPU": str(jobdir / "cpu"),
+        **({"PT2CC_BENCH_PROFILE": str(jobdir / "profile")} if getattr(args, "profile", False)
+           else {}),
         **env_extra,
     })
     py, n = sys.executable, args.nproc

@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--out-dir", default=str(harness.RESULTS))
     p.add_argument("--label", default="", help="added to the file names (e.g. ddp, fsdp2)")
+    p.add_argument("--profile", action="store_true", help="each worker's main thread under "
+                   "cProfile (kept with --traces, as <row>/profile.rank<R>.prof)")
     p.add_argument("--traces", action="store_true", help="keep each coordinated job's "
                    "timeline (--trace) in OUT_DIR/traces-<machine>[-label]/rep<N>/<row>")
     args = p.parse_args(argv)
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         repeats.append(rep_out)
         print(json.dumps({k: v for k, v in rep_out.items() if "phases" not in k}), flush=True)
         if args.traces:  # each rank's output and counters beside its timeline
-            for f in [*(work / "jobs").glob("*/*.rank*.json"), *(work / "jobs").glob("*/log.txt")]:
+            for f in [*(work / "jobs").glob("*/*.rank*.*"), *(work / "jobs").glob("*/log.txt")]:
                 dest = Path(args.trace_dir) / f.parent.name
                 dest.mkdir(parents=True, exist_ok=True)
                 shutil.copy(f, dest / f.name)

@@ -22,6 +22,10 @@ def main(argv: list[str]) -> int:
     if not argv:
         print("usage: cpu.py -- COMMAND [ARGS]", file=sys.stderr)
         return 2
+    if (prof := os.environ.get("PT2CC_BENCH_PROFILE")) and len(argv) > 1:  # the worker's
+        # main thread under cProfile, into PT2CC_BENCH_PROFILE.rank<R>.prof
+        argv = [argv[0], "-m", "cProfile", "-o",
+                f"{prof}.rank{os.environ.get('RANK', '0')}.prof", *argv[1:]]
     child = subprocess.Popen(argv)
 
     def forward(signum: int, _frame: object) -> None:
