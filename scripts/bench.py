@@ -185,7 +185,10 @@ def _store_figures(res: dict, nproc: int) -> None:
 
 def run_rows(args: argparse.Namespace, work: Path, servers: Servers) -> dict[str, dict]:
     rows: dict[str, dict] = {}
-    selected = [r for r in ROWS if r in args.rows.split(",")]
+    # In ROWS' order unless the caller orders them (a warm row still after its cold one).
+    selected = [r for r in getattr(args, "row_order", None) or ROWS if r in args.rows.split(",")]
+    if any(NEEDS.get(r) in selected[i:] for i, r in enumerate(selected)):
+        raise ValueError(f"rows out of order: each warm row after its cold one ({selected})")
     plain = work / "node-none"  # none and warm-local share it
     mega_file = work / "megacache.bin"
     for name in selected:

@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     stores = args.stores.split(",")
     if not stores or set(stores) - set(TARGETS):
         p.error(f"--stores: a comma-separated list of {', '.join(TARGETS)}, not {args.stores!r}")
-    args.rows = ",".join(["none", "warm-local"] + [f"ours-{p}-{s}" for s in stores
-                                                   for p in ("cold", "warm")])
+    plain = ["none", "warm-local"]
+    ours = [f"ours-{p}-{s}" for s in stores for p in ("cold", "warm")]
+    args.rows = ",".join(plain + ours)
     info = harness.machine_info()
     name = args.machine or harness.machine_name(info)
     repeats = []
@@ -88,13 +89,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.traces:
             args.trace_dir = str(Path(args.out_dir) / f"traces-{name}"
                                  f"{'-' + args.label if args.label else ''}" / f"rep{rep + 1}")
+        # Which side runs first alternates, so that drift within a repeat (page cache,
+        # clocks, the host's other load) does not favour one side in the mean.
+        args.row_order = plain + ours if rep % 2 == 0 else ours + plain
         servers = bench.Servers(work)
         try:
             rows = bench.run_rows(args, work, servers)
         finally:
             servers.stop()
         floor = rows["warm-local"].get("time_to_step1_s")
-        rep_out = {"warm_local_s": floor, "none_s": rows["none"].get("time_to_step1_s")}
+        rep_out = {"warm_local_s": floor, "none_s": rows["none"].get("time_to_step1_s"),
+                   "first": "pytorch" if rep % 2 == 0 else "ours"}
         for s in stores:
             warm, cold = rows[f"ours-warm-{s}"], rows[f"ours-cold-{s}"]
             t = warm.get("time_to_step1_s")
@@ -162,12 +167,14 @@ def render(report: dict, stores: list[str]) -> str:
         if ratios:
             mean = statistics.mean(ratios)
             verdict = "met" if mean <= TARGETS[s] else "NOT met"
-            lines.append(f"- warm {s}: mean ratio {mean:.3f} over {len(ratios)} repeats "
-                         f"(CPU target <= {TARGETS[s]:.2f}: {verdict}; GPU target <= 1.05)")
+            lines.append(f"- warm {s}: mean ratio {mean:.3f} over {len(ratios)} repeats"
+                         f"{interval(ratios)} (CPU target <= {TARGETS[s]:.2f}: {verdict}; "
+                         "GPU target <= 1.05)")
         cold = [r[s]["cold_ratio"] for r in reps if r[s]["cold_ratio"]]
         if cold:
             lines.append(f"- cold {s}: coordinated / every rank compiling, mean "
-                         f"{statistics.mean(cold):.3f} ({', '.join(f'{c:.3f}' for c in cold)})")
+                         f"{statistics.mean(cold):.3f} over {len(cold)} repeats"
+                         f"{interval(cold)}: {', '.join(f'{c:.3f}' for c in cold)}")
     lines += ["", "Where a warm job's time goes (seconds, mean over ranks and repeats; "
               "`pt2cc:` phases run in a background thread except `ready_wait`, the time the "
               "compile thread waited for them):", ""]
@@ -179,6 +186,21 @@ def render(report: dict, stores: list[str]) -> str:
               "compile thread):", ""]
     lines += _phase_table(reps, stores, "every rank compiling", "none_phases", "cold_phases")
     return "\n".join(lines) + "\n"
+
+
+# Student's t at 97.5 % for 1..9 degrees of freedom: a 95 % interval for a mean of few runs.
+T975 = (12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26)
+
+
+def interval(values: list[float]) -> str:
+    """", 95 % interval a-b" for the mean of `values` (t-based; none for a single value):
+    what a few noisy repeats can and cannot show against a target."""
+    n = len(values)
+    if n < 2:
+        return ""
+    half = T975[min(n - 1, len(T975)) - 1] * statistics.stdev(values) / n ** 0.5
+    mean = statistics.mean(values)
+    return f", 95 % interval {mean - half:.2f}-{mean + half:.2f}"
 
 
 def _phase_table(reps: list[dict], stores: list[str], base: str, base_field: str,

@@ -5,6 +5,8 @@ so that every row of scripts/bench.py is measured the same way: user + system CP
 of the worker and of every descendant it waited for (``os.wait4`` on the child: the C++
 compiler runs Inductor launches are included; torchrun's own agent is not). Writes
 ``$PT2CC_BENCH_CPU.rank<R>.json``. Imports no torch, so it adds no start-up of its own.
+With ``PT2CC_BENCH_PROFILE`` set, the worker runs under cProfile and writes
+``$PT2CC_BENCH_PROFILE.rank<R>.prof``.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ def main(argv: list[str]) -> int:
     if not argv:
         print("usage: cpu.py -- COMMAND [ARGS]", file=sys.stderr)
         return 2
-    if (prof := os.environ.get("PT2CC_BENCH_PROFILE")) and len(argv) > 1:  # the worker's
-        # main thread under cProfile, into PT2CC_BENCH_PROFILE.rank<R>.prof
+    if prof := os.environ.get("PT2CC_BENCH_PROFILE"):
+        # The worker's main thread under cProfile: COMMAND is a Python interpreter.
         argv = [argv[0], "-m", "cProfile", "-o",
                 f"{prof}.rank{os.environ.get('RANK', '0')}.prof", *argv[1:]]
     child = subprocess.Popen(argv)
