@@ -112,11 +112,15 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         rank_log.setup(config.log_level)
         topo = topology.this_process()
         rank = topo.rank
+        # Timed, to tell work moved before main() from work added: torch, which the script
+        # imports first anyway, and Dynamo, which its first compile would import (our
+        # stats take PyTorch's counters as their baseline).
         started = time.perf_counter()
+        import torch  # noqa: F401
+        torch_imported = time.perf_counter()
         stats = RankStats(rank=rank, trace=_trace(config.trace, rank))
-        # Its baseline of PyTorch's counters imports torch and Dynamo, as the script's
-        # first compile would: timed, to tell work moved before main() from work added.
-        stats.add_phase("dynamo_import", time.perf_counter() - started)
+        stats.add_phase("torch_import", torch_imported - started)
+        stats.add_phase("dynamo_import", time.perf_counter() - torch_imported)
         with stats.phase("fingerprint"):  # initialises CUDA, as the script would later
             fields = fingerprint.describe()
         fp = fingerprint.fingerprint(fields)

@@ -59,7 +59,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert reasons(snap) == ["new graph: the store held no fxgraph entries"], snap
     assert set(snap["misses"]) == {"new graph"}, snap["misses"]
     # What install() does before the script runs, timed (moved work or added work).
-    assert {"dynamo_import", "fingerprint", "store_open", "hooks_install"} <= set(
+    assert {"torch_import", "dynamo_import", "fingerprint", "store_open", "hooks_install"} <= set(
         snap["phases"]), snap["phases"]
     return tmp / "store"
 
