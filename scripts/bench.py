@@ -6,6 +6,9 @@ TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR, PT2CC_NODE_CACHE_DIR and TMPDIR.
 
   none                 every rank compiles, fresh caches (what users have today)
   warm-local           none's job again on none's warm caches: the floor
+  preimport-warm       warm-local with what our launcher imports and initialises before
+                       the script, and nothing else of ours (scripts/bench/preimport.py;
+                       only when named in --rows)
   redis-cold/-warm     PyTorch's Redis remote caches (FX graph, AOTAutograd, autotune) on a
                        redis-server on loopback; the warm job runs on a fresh node
   megacache-broadcast  Mega-Cache by hand, obvious form: rank 0 compiles, broadcasts the
@@ -45,12 +48,13 @@ import harness
 REPO, BENCH, RESULTS = harness.REPO, harness.BENCH, harness.RESULTS
 TRAIN = "examples/train.py"
 ROWS = (
-    "none", "warm-local", "redis-cold", "redis-warm", "megacache-broadcast",
+    "none", "warm-local", "preimport-warm", "redis-cold", "redis-warm", "megacache-broadcast",
     "megacache-save", "megacache-load", "ours-cold-file", "ours-warm-file",
     "ours-cold-s3", "ours-warm-s3",
 )
-NEEDS = {"warm-local": "none", "redis-warm": "redis-cold", "megacache-load": "megacache-save",
-         "ours-warm-file": "ours-cold-file", "ours-warm-s3": "ours-cold-s3"}
+NEEDS = {"warm-local": "none", "preimport-warm": "none", "redis-warm": "redis-cold",
+         "megacache-load": "megacache-save", "ours-warm-file": "ours-cold-file",
+         "ours-warm-s3": "ours-cold-s3"}
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 
@@ -195,7 +199,7 @@ def run_rows(args: argparse.Namespace, work: Path, servers: Servers) -> dict[str
         if NEEDS.get(name) and NEEDS[name] in selected and not rows[NEEDS[name]]["ok"]:
             rows[name] = {"name": name, "ok": False, "status": f"skipped: {NEEDS[name]} failed"}
             continue
-        node = plain if name in ("none", "warm-local") else work / f"node-{name}"
+        node = plain if name in ("none", "warm-local", "preimport-warm") else work / f"node-{name}"
         env: dict[str, str] = {}
         target = [TRAIN]
         timeout = args.timeout
@@ -209,6 +213,8 @@ def run_rows(args: argparse.Namespace, work: Path, servers: Servers) -> dict[str
                        TORCHINDUCTOR_REDIS_PORT=str(servers.redis()))
             client.config_resetstat()
             redis_before = client
+        elif name == "preimport-warm":
+            target = [str(BENCH / "preimport.py"), TRAIN]
         elif name.startswith("megacache"):
             mode = name.split("-")[1]
             target = [str(BENCH / "megacache_job.py"), "--mode", mode, "--file", str(mega_file)]
@@ -391,7 +397,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--train-args", default="", help='extra train.py args, e.g. "--layers 4"')
-    p.add_argument("--rows", default=",".join(ROWS))
+    p.add_argument("--rows", default=",".join(r for r in ROWS if r != "preimport-warm"))
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per job")
     p.add_argument("--deadline", type=float, default=60.0,
                    help="megacache-broadcast's limit: seconds beyond none's step 1")

@@ -1,0 +1,27 @@
+"""`python preimport.py SCRIPT ARGS`: PyTorch alone, with the work our launcher moves before
+the script and nothing else of ours (no store, no hooks, no coordination).
+
+It imports what `install()` imports before the script runs (torch, Dynamo, Inductor's
+caches) and initialises CUDA as our fingerprint does, then runs SCRIPT as `python SCRIPT
+ARGS` would. Beside `warm-local` (the same job without this), its row tells whether moving
+that work before `main()` costs a job time of its own, or only moves it.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+
+import torch
+import torch._dynamo
+import torch._inductor.codecache
+import torch._inductor.remote_cache
+
+if torch.cuda.is_available():
+    torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0")))
+
+if __name__ == "__main__":
+    sys.argv = sys.argv[1:]
+    sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))
+    runpy.run_path(sys.argv[0], run_name="__main__")
