@@ -1,8 +1,9 @@
 """Compiled kernels that PyTorch's FX entries leave out, carried with the graph that uses them.
 
 Inductor's C++ code cache skips the build when `<cache_dir>/<xx>/<hash>.so` exists, and
-the hash covers the source and the compile command, not the machine: a library built on
-one node is found by path on another. Triton's cache works the same way, and PyTorch's
+the hash covers the source and the compile command (which names the Python environment's
+include dirs), not the machine: a library built on one node is found by path on another
+whose environment sits at the same path. Triton's cache works the same way, and PyTorch's
 FX entries leave some Triton kernels out (user Triton kernels, some reductions), so the
 files new in Triton's cache travel too. Within one process FX graphs compile one after
 another, so the files that appeared since the previous publish belong to this graph
