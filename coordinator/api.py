@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from coordinator import fingerprint, report, topology
+from coordinator import compat, fingerprint, report, topology
 from coordinator import log as rank_log
 from coordinator.artifacts import Artifacts
 from coordinator.config import Config
@@ -121,6 +121,8 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         stats = RankStats(rank=rank, trace=_trace(config.trace, rank))
         stats.add_phase("torch_import", torch_imported - started)
         stats.add_phase("dynamo_import", time.perf_counter() - torch_imported)
+        with stats.phase("compile_workers_start"):  # as the first compile would, but ready
+            compat.start_compile_workers()  # by the time it reaches its first kernel
         with stats.phase("fingerprint"):  # initialises CUDA, as the script would later
             fields = fingerprint.describe()
         fp = fingerprint.fingerprint(fields)

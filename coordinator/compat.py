@@ -183,6 +183,20 @@ def triton_cache_root() -> str:
     return os.environ.get("TRITON_CACHE_DIR") or os.path.join(inductor_cache_dir(), "triton")
 
 
+def start_compile_workers() -> None:
+    """Start Inductor's Triton compile workers now, as its first compile would (a no-op
+    without Triton, or where PyTorch's own switches keep them off).
+
+    Their sidecar takes seconds to import torch and fork its workers, and a kernel reached
+    before they are ready compiles serially on the compile thread.
+    """
+    from torch._inductor import async_compile
+
+    warm = getattr(async_compile, "maybe_warm_pool", None)
+    if warm is not None:  # a release without it starts them at the first compile
+        warm()
+
+
 def register_compile_callbacks(on_start: Callable[[Any], None],
                                on_end: Callable[[Any], None]) -> Callable[[], None]:
     """Dynamo's compile start and end callbacks (they also fire for lazy backward

@@ -6,7 +6,7 @@ TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR, PT2CC_NODE_CACHE_DIR and TMPDIR.
 
   none                 every rank compiles, fresh caches (what users have today)
   warm-local           none's job again on none's warm caches: the floor
-  preimport-warm       warm-local with what our launcher imports and initialises before
+  preimport-cold/-warm none and warm-local with what our launcher imports and starts before
                        the script, and nothing else of ours (scripts/bench/preimport.py;
                        only when named in --rows)
   redis-cold/-warm     PyTorch's Redis remote caches (FX graph, AOTAutograd, autotune) on a
@@ -48,7 +48,8 @@ import harness
 REPO, BENCH, RESULTS = harness.REPO, harness.BENCH, harness.RESULTS
 TRAIN = "examples/train.py"
 ROWS = (
-    "none", "warm-local", "preimport-warm", "redis-cold", "redis-warm", "megacache-broadcast",
+    "none", "warm-local", "preimport-cold", "preimport-warm", "redis-cold", "redis-warm",
+    "megacache-broadcast",
     "megacache-save", "megacache-load", "ours-cold-file", "ours-warm-file",
     "ours-cold-s3", "ours-warm-s3",
 )
@@ -213,7 +214,7 @@ def run_rows(args: argparse.Namespace, work: Path, servers: Servers) -> dict[str
                        TORCHINDUCTOR_REDIS_PORT=str(servers.redis()))
             client.config_resetstat()
             redis_before = client
-        elif name == "preimport-warm":
+        elif name.startswith("preimport"):
             target = [str(BENCH / "preimport.py"), TRAIN]
         elif name.startswith("megacache"):
             mode = name.split("-")[1]
@@ -397,7 +398,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--train-args", default="", help='extra train.py args, e.g. "--layers 4"')
-    p.add_argument("--rows", default=",".join(r for r in ROWS if r != "preimport-warm"))
+    p.add_argument("--rows", default=",".join(r for r in ROWS if not r.startswith("preimport")))
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per job")
     p.add_argument("--deadline", type=float, default=60.0,
                    help="megacache-broadcast's limit: seconds beyond none's step 1")

@@ -70,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--out-dir", default=str(harness.RESULTS))
     p.add_argument("--label", default="", help="added to the file names (e.g. ddp, fsdp2)")
-    p.add_argument("--preimport", action="store_true", help="also run PyTorch alone on its "
-                   "warm caches with what our launcher imports and initialises before the "
-                   "script (row preimport-warm): does moving that work cost time of its own?")
+    p.add_argument("--preimport", action="store_true", help="also run PyTorch alone, cold and "
+                   "on its warm caches, with what our launcher imports and starts before the "
+                   "script (rows preimport-cold, preimport-warm): does moving that work cost "
+                   "or save time of its own?")
     p.add_argument("--profile", action="store_true", help="each worker's main thread under "
                    "cProfile (kept with --traces, as <row>/profile.rank<R>.prof)")
     p.add_argument("--traces", action="store_true", help="keep each coordinated job's "
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     stores = args.stores.split(",")
     if not stores or set(stores) - set(TARGETS):
         p.error(f"--stores: a comma-separated list of {', '.join(TARGETS)}, not {args.stores!r}")
-    plain = ["none", "warm-local"] + (["preimport-warm"] if args.preimport else [])
+    plain = ["none", "warm-local"] + (["preimport-cold", "preimport-warm"] if args.preimport
+                                      else [])
     ours = [f"ours-{p}-{s}" for s in stores for p in ("cold", "warm")]
     args.rows = ",".join(plain + ours)
     info = harness.machine_info()
@@ -104,11 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         rep_out = {"warm_local_s": floor, "none_s": rows["none"].get("time_to_step1_s"),
                    "first": "pytorch" if rep % 2 == 0 else "ours"}
         if args.preimport:
-            pre = rows["preimport-warm"].get("time_to_step1_s")
-            rep_out["preimport_s"] = pre
-            rep_out["preimport_ratio"] = round(pre / floor, 3) if pre and floor else None
-            rep_out["preimport_phases"] = phases_of(rows["preimport-warm"],
-                                                    outs(work, "preimport-warm", args.nproc))
+            for kind, base in (("warm", floor), ("cold", rep_out["none_s"])):
+                row = f"preimport-{kind}"
+                t = rows[row].get("time_to_step1_s")
+                rep_out[f"preimport_{kind}_s"] = t
+                rep_out[f"preimport_{kind}_ratio"] = round(t / base, 3) if t and base else None
+                rep_out[f"preimport_{kind}_phases"] = phases_of(rows[row],
+                                                                outs(work, row, args.nproc))
         for s in stores:
             warm, cold = rows[f"ours-warm-{s}"], rows[f"ours-cold-{s}"]
             t = warm.get("time_to_step1_s")
@@ -184,14 +188,16 @@ def render(report: dict, stores: list[str]) -> str:
             lines.append(f"- cold {s}: coordinated / every rank compiling, mean "
                          f"{statistics.mean(cold):.3f} over {len(cold)} repeats"
                          f"{interval(cold)}: {', '.join(f'{c:.3f}' for c in cold)}")
-    pre = [r["preimport_ratio"] for r in reps if r.get("preimport_ratio")]
-    if pre:
-        mains = [r["preimport_phases"]["job:time_to_main_s"] for r in reps
-                 if r.get("preimport_ratio")]
-        lines.append(f"- PyTorch alone with our launcher's imports and CUDA initialisation "
-                     f"before the script / warm-local: mean {statistics.mean(pre):.3f} over "
-                     f"{len(pre)} repeats{interval(pre)}: {', '.join(f'{c:.3f}' for c in pre)}"
-                     f" (launch to main() {statistics.mean(mains):.2f} s)")
+    for kind, base in (("warm", "warm-local"), ("cold", "none")):
+        pre = [r[f"preimport_{kind}_ratio"] for r in reps if r.get(f"preimport_{kind}_ratio")]
+        if pre:
+            mains = [r[f"preimport_{kind}_phases"]["job:time_to_main_s"] for r in reps
+                     if r.get(f"preimport_{kind}_ratio")]
+            lines.append(f"- PyTorch alone with our launcher's imports, compile workers and "
+                         f"CUDA initialisation before the script, {kind} / {base}: mean "
+                         f"{statistics.mean(pre):.3f} over {len(pre)} repeats{interval(pre)}: "
+                         f"{', '.join(f'{c:.3f}' for c in pre)} (launch to main() "
+                         f"{statistics.mean(mains):.2f} s)")
     lines += ["", "Where a warm job's time goes (seconds, mean over ranks and repeats; "
               "`pt2cc:` phases run in a background thread except `ready_wait`, the time the "
               "compile thread waited for them):", ""]

@@ -2,9 +2,10 @@
 the script and nothing else of ours (no store, no hooks, no coordination).
 
 It imports what `install()` imports before the script runs (torch, Dynamo, Inductor's
-caches) and initialises CUDA as our fingerprint does, then runs SCRIPT as `python SCRIPT
-ARGS` would. Beside `warm-local` (the same job without this), its row tells whether moving
-that work before `main()` costs a job time of its own, or only moves it.
+caches), starts Inductor's compile workers and initialises CUDA as `install()` does, then
+runs SCRIPT as `python SCRIPT ARGS` would. Beside `warm-local` and `none` (the same jobs
+without this), its rows tell whether moving that work before `main()` costs or saves a job
+time of its own, or only moves it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import torch
 import torch._dynamo
 import torch._inductor.codecache
 import torch._inductor.remote_cache
+from torch._inductor import async_compile
+
+if hasattr(async_compile, "maybe_warm_pool"):
+    async_compile.maybe_warm_pool()
 
 if torch.cuda.is_available():
     torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0")))

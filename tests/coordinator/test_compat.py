@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from coordinator import compat
@@ -126,3 +128,14 @@ def test_compile_callbacks_survive_dynamo_reset() -> None:
         remove()
     assert ended.append not in callback_handler.end_callbacks
     assert "clear" not in vars(callback_handler)
+
+
+def test_compile_workers_start_where_inductor_would_start_them() -> None:
+    """With Triton, the workers' sidecar is started and asked to get ready; without, none."""
+    from torch._inductor import async_compile
+    from torch.utils._triton import has_triton_package
+
+    compat.start_compile_workers()
+    expected = (has_triton_package() and async_compile.get_compile_threads() > 1
+                and os.environ.get("TORCH_WARM_POOL", "1") == "1")
+    assert (async_compile.AsyncCompile._ready_future is not None) == expected

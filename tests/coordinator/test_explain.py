@@ -59,7 +59,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert reasons(snap) == ["new graph: the store held no fxgraph entries"], snap
     assert set(snap["misses"]) == {"new graph"}, snap["misses"]
     # What install() does before the script runs, timed (moved work or added work).
-    assert {"torch_import", "dynamo_import", "fingerprint", "store_open", "hooks_install"} <= set(
+    assert {"torch_import", "dynamo_import", "compile_workers_start", "fingerprint", "store_open",
+            "hooks_install"} <= set(
         snap["phases"]), snap["phases"]
     return tmp / "store"
 
