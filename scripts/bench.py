@@ -134,10 +134,9 @@ def run_job(args: argparse.Namespace, name: str, work: Path, node: Path, target:
     """One torchrun job; every worker runs under scripts/bench/cpu.py."""
     jobdir = work / "jobs" / name
     jobdir.mkdir(parents=True)
+    threads = args.compile_threads
     env = harness.job_env(node, {
-        # One compile thread: no pool of compile workers outside the measured process tree,
-        # and on a 2-core machine with 2 ranks a pool has no cores to use anyway.
-        "TORCHINDUCTOR_COMPILE_THREADS": "1",
+        **({} if threads == "default" else {"TORCHINDUCTOR_COMPILE_THREADS": threads}),
         "PT2CC_BENCH_CPU": str(jobdir / "cpu"),
         **({"PT2CC_BENCH_PROFILE": str(jobdir / "profile")} if getattr(args, "profile", False)
            else {}),
@@ -186,6 +185,18 @@ def _store_figures(res: dict, nproc: int) -> None:
     keys = ("fxgraph_cache_miss", "fxgraph_cache_hit", "waits", "waited_s", "published",
             "claimed", "loaded", "materialized", "store_errors")
     res["coordinator"] = {k: sum(s.get(k, 0) for s in res["coordinator_stats"]) for k in keys}
+
+
+def add_compile_threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile-threads", metavar="N|default", help="Inductor's compile workers "
+                   "per rank (TORCHINDUCTOR_COMPILE_THREADS) in every row; default: 1 without "
+                   "a GPU (2 ranks on 2 cores leave a pool no core to use), Inductor's own "
+                   "choice with one (what users run: 32 on a 64-core host)")
+
+
+def resolve_compile_threads(args: argparse.Namespace, info: dict[str, Any]) -> None:
+    if args.compile_threads is None:
+        args.compile_threads = "default" if info.get("cuda_device") else "1"
 
 
 def run_rows(args: argparse.Namespace, work: Path, servers: Servers) -> dict[str, dict]:
@@ -400,6 +411,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-args", default="", help='extra train.py args, e.g. "--layers 4"')
     p.add_argument("--rows", default=",".join(r for r in ROWS if not r.startswith("preimport")))
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per job")
+    add_compile_threads_option(p)
     p.add_argument("--deadline", type=float, default=60.0,
                    help="megacache-broadcast's limit: seconds beyond none's step 1")
     p.add_argument("--no-scale", dest="scale", action="store_false")
@@ -419,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         write_outputs(report, Path(args.from_json).with_suffix(""))
         return 0
     info = harness.machine_info()
+    resolve_compile_threads(args, info)
     name = args.machine or harness.machine_name(info)
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     print(f"work dir {work}", flush=True)
@@ -442,8 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         "derived": derive(rows, args.nproc), "scale": scale,
         "notes": {
             "cpu": "user+sys CPU of each worker's process tree (os.wait4 in scripts/bench/cpu.py:"
-                   " the worker plus the compilers it waited for), whole job; TORCHINDUCTOR_"
-                   "COMPILE_THREADS=1 in every row",
+                   " the worker plus the compilers and compile workers it waited for), whole"
+                   f" job; TORCHINDUCTOR_COMPILE_THREADS={args.compile_threads} in every row",
             "compile_cpu": "cpu_s_sum minus nproc x warm-local's mean per-rank CPU",
             "store_requests_per_rank": "ours: (index lookups + object downloads + 2 x "
                                        "publishes) / ranks; redis: commands processed / "
