@@ -140,6 +140,8 @@ def run_job(args: argparse.Namespace, name: str, work: Path, node: Path, target:
         "PT2CC_BENCH_CPU": str(jobdir / "cpu"),
         **({"PT2CC_BENCH_PROFILE": str(jobdir / "profile")} if getattr(args, "profile", False)
            else {}),
+        **({"PT2CC_BENCH_SAMPLE": str(jobdir / "sample")} if getattr(args, "sample", False)
+           else {}),
         **env_extra,
     })
     py, n = sys.executable, args.nproc

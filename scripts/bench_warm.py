@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                    "or save time of its own?")
     p.add_argument("--profile", action="store_true", help="each worker's main thread under "
                    "cProfile (kept with --traces, as <row>/profile.rank<R>.prof)")
+    p.add_argument("--sample", action="store_true", help="each worker under py-spy, every "
+                   "thread and subprocess (kept with --traces, as <row>/sample.rank<R>.txt)")
     p.add_argument("--traces", action="store_true", help="keep each coordinated job's "
                    "timeline (--trace) in OUT_DIR/traces-<machine>[-label]/rep<N>/<row>")
     args = p.parse_args(argv)

@@ -6,13 +6,17 @@ of the worker and of every descendant it waited for (``os.wait4`` on the child: 
 compiler runs Inductor launches are included; torchrun's own agent is not). Writes
 ``$PT2CC_BENCH_CPU.rank<R>.json``. Imports no torch, so it adds no start-up of its own.
 With ``PT2CC_BENCH_PROFILE`` set, the worker runs under cProfile and writes
-``$PT2CC_BENCH_PROFILE.rank<R>.prof``.
+``$PT2CC_BENCH_PROFILE.rank<R>.prof``; with ``PT2CC_BENCH_SAMPLE`` set, under py-spy, which
+samples every thread and the compilers it runs (``$PT2CC_BENCH_SAMPLE.rank<R>.txt``,
+collapsed stacks, one thread per root frame): what cProfile of the main thread cannot see,
+such as another thread holding the GIL.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +32,13 @@ def main(argv: list[str]) -> int:
         # The worker's main thread under cProfile: COMMAND is a Python interpreter.
         argv = [argv[0], "-m", "cProfile", "-o",
                 f"{prof}.rank{os.environ.get('RANK', '0')}.prof", *argv[1:]]
+    if sample := os.environ.get("PT2CC_BENCH_SAMPLE"):
+        spy = shutil.which("py-spy")
+        if spy is None:
+            print("cpu.py: PT2CC_BENCH_SAMPLE is set but py-spy is not installed", file=sys.stderr)
+            return 2
+        argv = [spy, "record", "--rate", "200", "--threads", "--subprocesses", "--format",
+                "raw", "-o", f"{sample}.rank{os.environ.get('RANK', '0')}.txt", "--", *argv]
     child = subprocess.Popen(argv)
 
     def forward(signum: int, _frame: object) -> None:
