@@ -16,6 +16,7 @@ import time
 _MODULE_T0 = time.time()
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -151,9 +152,34 @@ def start_time() -> float:
     return _MODULE_T0
 
 
+class CpuUse:
+    """CPU seconds from `main()` to step 1: this process (every thread), its main thread,
+    and the garbage collector's pauses, to tell where extra seconds of a start go."""
+
+    def __init__(self) -> None:
+        self._process, self._thread = time.process_time(), time.thread_time()
+        self._gc_s, self._gc_started = 0.0, 0.0
+        self._collections = [0, 0, 0]
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self._gc_s += time.perf_counter() - self._gc_started
+            self._collections[info["generation"]] += 1
+
+    def until_now(self) -> dict:
+        gc.callbacks.remove(self._on_gc)
+        return {"process_s": round(time.process_time() - self._process, 3),
+                "main_thread_s": round(time.thread_time() - self._thread, 3),
+                "gc_s": round(self._gc_s, 3), "gc_collections": self._collections}
+
+
 def main(argv: list[str] | None = None) -> None:
     t0 = start_time()
     time_to_main = time.time() - t0
+    cpu = CpuUse()
     args = parse_args(argv)
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank = int(os.environ.get("RANK", "0"))
@@ -198,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     losses: list[float] = []
     step_times: list[float] = []
     time_to_step1 = math.nan
+    cpu_to_step1: dict = {}
     for step in range(1, args.steps + 1):
         tokens = torch.randint(0, args.vocab, (batch, args.seq + 1), generator=gen)
         tokens = tokens.to(device)
@@ -211,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         dt = time.perf_counter() - ts
         if step == 1:
             time_to_step1 = time.time() - t0
+            cpu_to_step1 = cpu.until_now()
         losses.append(loss_value)
         step_times.append(dt)
         print(f"rank {rank} step {step} loss {loss_value:.6f} time {dt:.2f}s", flush=True)
@@ -226,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
             "step_times_s": step_times,
             "time_to_step1_s": time_to_step1,
             "time_to_main_s": time_to_main,  # launch, imports and launcher before main()
+            "cpu_to_step1": cpu_to_step1,  # from main() on
             # Seconds per phase that Dynamo timed (summed): where the first step went.
             "compile_phases_s": {name: round(sum(times), 4) for name, times in
                                  torch._dynamo.utils.compilation_time_metrics.items()},

@@ -49,6 +49,9 @@ def phases_of(row: dict, outs: list[dict]) -> dict[str, float]:
             total[f"store:{name} (count)"] += s.get("store", {}).get(name, 0) / len(stats)
     for o in outs:
         total["job:time_to_main_s"] += o.get("time_to_main_s", 0.0) / len(outs)
+        for name, v in o.get("cpu_to_step1", {}).items():  # CPU from main() to step 1
+            if name.endswith("_s"):
+                total[f"job:cpu {name}"] += v / len(outs)
         for name, v in o.get("compile_phases_s", {}).items():
             if name in TORCH_PHASES:
                 total[f"torch:{name}"] += v / len(outs)
