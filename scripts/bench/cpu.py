@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
         if spy is None:
             print("cpu.py: PT2CC_BENCH_SAMPLE is set but py-spy is not installed", file=sys.stderr)
             return 2
-        argv = [spy, "record", "--rate", "200", "--threads", "--subprocesses", "--format",
+        argv = [spy, "record", "--rate", "200", "--threads", "--subprocesses", "--native", "--format",
                 "raw", "-o", f"{sample}.rank{os.environ.get('RANK', '0')}.txt", "--", *argv]
     child = subprocess.Popen(argv)
 
