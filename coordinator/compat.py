@@ -21,6 +21,8 @@ from typing import Any
 
 from coordinator.errors import TorchHookMissing
 
+log = logging.getLogger(__name__)
+
 # Our kind name -> the RemoteCache subclass in torch._inductor.remote_cache that asks for it.
 # Kinds are told apart by the subclass, never by parsing keys (autotune keys name no cache).
 REMOTE_CACHE_CLASSES: dict[str, str] = {
@@ -193,8 +195,13 @@ def start_compile_workers() -> None:
     from torch._inductor import async_compile
 
     warm = getattr(async_compile, "maybe_warm_pool", None)
-    if warm is not None:  # a release without it starts them at the first compile
+    if warm is None:  # a release without it starts them at the first compile
+        return
+    try:
         warm()
+    except Exception as exc:  # noqa: BLE001 - Inductor tries again at the first compile
+        log.warning("Inductor's compile workers did not start (%s); the first compile "
+                    "starts them", exc)
 
 
 def register_compile_callbacks(on_start: Callable[[Any], None],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -139,3 +140,19 @@ def test_compile_workers_start_where_inductor_would_start_them() -> None:
     expected = (has_triton_package() and async_compile.get_compile_threads() > 1
                 and os.environ.get("TORCH_WARM_POOL", "1") == "1")
     assert (async_compile.AsyncCompile._ready_future is not None) == expected
+
+
+def test_compile_workers_that_fail_to_start_leave_the_job_alone(monkeypatch, caplog) -> None:
+    from torch._inductor import async_compile
+
+    def broken() -> None:
+        raise RuntimeError("no processes in a daemonic process")
+
+    monkeypatch.setattr(async_compile, "maybe_warm_pool", broken)
+    logger = logging.getLogger("coordinator.compat")  # ours do not propagate once set up
+    logger.addHandler(caplog.handler)
+    try:
+        compat.start_compile_workers()  # does not raise: the first compile tries again
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "compile workers did not start (no processes in a daemonic process)" in caplog.text
