@@ -7,9 +7,9 @@ compiler runs Inductor launches are included; torchrun's own agent is not). Writ
 ``$PT2CC_BENCH_CPU.rank<R>.json``. Imports no torch, so it adds no start-up of its own.
 With ``PT2CC_BENCH_PROFILE`` set, the worker runs under cProfile and writes
 ``$PT2CC_BENCH_PROFILE.rank<R>.prof``; with ``PT2CC_BENCH_SAMPLE`` set, under py-spy, which
-samples every thread and the compilers it runs (``$PT2CC_BENCH_SAMPLE.rank<R>.txt``,
-collapsed stacks, one thread per root frame): what cProfile of the main thread cannot see,
-such as another thread holding the GIL.
+samples every thread, native frames and the compilers it runs
+(``$PT2CC_BENCH_SAMPLE.rank<R>.txt``, collapsed stacks naming process and thread): what
+cProfile of the main thread cannot see, such as another thread holding the GIL.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ def main(argv: list[str]) -> int:
         if spy is None:
             print("cpu.py: PT2CC_BENCH_SAMPLE is set but py-spy is not installed", file=sys.stderr)
             return 2
-        argv = [spy, "record", "--rate", "200", "--threads", "--subprocesses", "--native", "--format",
-                "raw", "-o", f"{sample}.rank{os.environ.get('RANK', '0')}.txt", "--", *argv]
+        argv = [spy, "record", "--rate", "200", "--threads", "--subprocesses", "--native",
+                "--format", "raw", "-o", f"{sample}.rank{os.environ.get('RANK', '0')}.txt",
+                "--", *argv]
     child = subprocess.Popen(argv)
 
     def forward(signum: int, _frame: object) -> None:
