@@ -189,7 +189,10 @@ def _store_figures(res: dict, nproc: int) -> None:
     res["coordinator"] = {k: sum(s.get(k, 0) for s in res["coordinator_stats"]) for k in keys}
 
 
-def add_compile_threads_option(p: argparse.ArgumentParser) -> None:
+def add_job_options(p: argparse.ArgumentParser) -> None:
+    """What every row of bench.py and bench_warm.py runs with."""
+    p.add_argument("--ours-args", default="", help="more options of ours for the ours-* "
+                   'rows, e.g. "--no-snapshot" (to take a part of ours away)')
     p.add_argument("--compile-threads", metavar="N|default", help="Inductor's compile workers "
                    "per rank (TORCHINDUCTOR_COMPILE_THREADS) in every row; default: 1 without "
                    "a GPU (2 ranks on 2 cores leave a pool no core to use), Inductor's own "
@@ -246,7 +249,7 @@ def run_rows(args: argparse.Namespace, work: Path, servers: Servers) -> dict[str
                 url = (work / "store").as_uri()
             jobdir = work / "jobs" / name
             target = ["-m", "coordinator", "--cache", url, "--stats-file", str(jobdir / "stats"),
-                      "--tag", "train", TRAIN]
+                      "--tag", "train", *shlex.split(args.ours_args), TRAIN]
             if getattr(args, "trace_dir", None):  # the job's timeline, kept past the work dir
                 target[-1:-1] = ["--trace", str(Path(args.trace_dir) / name)]
         res = run_job(args, name, work, node, target, env, timeout)
@@ -413,7 +416,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-args", default="", help='extra train.py args, e.g. "--layers 4"')
     p.add_argument("--rows", default=",".join(r for r in ROWS if not r.startswith("preimport")))
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per job")
-    add_compile_threads_option(p)
+    add_job_options(p)
     p.add_argument("--deadline", type=float, default=60.0,
                    help="megacache-broadcast's limit: seconds beyond none's step 1")
     p.add_argument("--no-scale", dest="scale", action="store_false")

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--train-args", default="")
     p.add_argument("--timeout", type=float, default=900.0)
-    bench.add_compile_threads_option(p)
+    bench.add_job_options(p)
     p.add_argument("--out-dir", default=str(harness.RESULTS))
     p.add_argument("--label", default="", help="added to the file names (e.g. ddp, fsdp2)")
     p.add_argument("--preimport", action="store_true", help="also run PyTorch alone, cold and "
@@ -152,7 +152,7 @@ def write_report(args: argparse.Namespace, name: str, info: dict, repeats: list[
     report = {"benchmark": "scripts/bench_warm.py", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "machine_name": name, "machine": info, "nproc": args.nproc,
               "train_args": args.train_args, "compile_threads": args.compile_threads,
-              "repeats": repeats}
+              "ours_args": args.ours_args, "repeats": repeats}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"warm-{name}" + ("-" + args.label if args.label else "")
@@ -177,8 +177,10 @@ def render(report: dict, stores: list[str]) -> str:
     lines = [f"# Warm start vs warm local caches: {report['machine_name']}", "",
              f"{report['time']}; torch {m.get('torch')}, {report['nproc']} ranks, "
              f"examples/train.py `{report['train_args']}`, Inductor's compile workers per "
-             f"rank: {report.get('compile_threads', '1')}; time until every rank finished "
-             "step 1, each repeat beside its own warm-local row.", ""]
+             f"rank: {report.get('compile_threads', '1')}"
+             + (f", ours with `{report['ours_args']}`" if report.get("ours_args") else "")
+             + "; time until every rank finished step 1, each repeat beside its own "
+             "warm-local row.", ""]
     cols = [c for s in stores for c in (f"ours warm {s} (s)", f"ratio {s}")]
     lines += harness.md_table(["repeat", "warm-local (s)", *cols],
                               (_repeat_cells(i + 1, r, stores) for i, r in enumerate(reps)),
