@@ -216,7 +216,8 @@ def run_rows(args: argparse.Namespace, work: Path, servers: Servers) -> dict[str
         if NEEDS.get(name) and NEEDS[name] in selected and not rows[NEEDS[name]]["ok"]:
             rows[name] = {"name": name, "ok": False, "status": f"skipped: {NEEDS[name]} failed"}
             continue
-        node = plain if name in ("none", "warm-local", "preimport-warm") else work / f"node-{name}"
+        # none's own warm rows run on its node; every other row on a fresh one
+        node = plain if "none" in (name, NEEDS.get(name)) else work / f"node-{name}"
         env: dict[str, str] = {}
         target = [TRAIN]
         timeout = args.timeout

@@ -200,10 +200,10 @@ def render(report: dict, stores: list[str]) -> str:
                          f"{statistics.mean(cold):.3f} over {len(cold)} repeats"
                          f"{interval(cold)}: {', '.join(f'{c:.3f}' for c in cold)}")
     for kind, base in (("warm", "warm-local"), ("cold", "none")):
-        pre = [r[f"preimport_{kind}_ratio"] for r in reps if r.get(f"preimport_{kind}_ratio")]
+        measured = [r for r in reps if r.get(f"preimport_{kind}_ratio")]
+        pre = [r[f"preimport_{kind}_ratio"] for r in measured]
         if pre:
-            mains = [r[f"preimport_{kind}_phases"]["job:time_to_main_s"] for r in reps
-                     if r.get(f"preimport_{kind}_ratio")]
+            mains = [r[f"preimport_{kind}_phases"]["job:time_to_main_s"] for r in measured]
             lines.append(f"- PyTorch alone with our launcher's imports, compile workers and "
                          f"CUDA initialisation before the script, {kind} / {base}: mean "
                          f"{statistics.mean(pre):.3f} over {len(pre)} repeats{interval(pre)}: "
