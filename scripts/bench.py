@@ -437,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         write_outputs(report, Path(args.from_json).with_suffix(""))
         return 0
     info = harness.machine_info()
+    harness.warm_bytecode_cache()
     resolve_compile_threads(args, info)
     name = args.machine or harness.machine_name(info)
     work = Path(tempfile.mkdtemp(prefix="bench-"))

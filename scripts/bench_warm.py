@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ours = [f"ours-{p}-{s}" for s in stores for p in ("cold", "warm")]
     args.rows = ",".join(plain + ours)
     info = harness.machine_info()
+    harness.warm_bytecode_cache()
     bench.resolve_compile_threads(args, info)
     name = args.machine or harness.machine_name(info)
     repeats = []
