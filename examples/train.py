@@ -258,6 +258,10 @@ def main(argv: list[str] | None = None) -> None:
             # Seconds per phase that Dynamo timed (summed): where the first step went.
             "compile_phases_s": {name: round(sum(times), 4) for name, times in
                                  torch._dynamo.utils.compilation_time_metrics.items()},
+            # PyTorch's own cache counters: a warm job should have hits and no misses.
+            "cache_counts": {name: n for group in ("inductor", "aot_autograd") for name, n
+                             in torch._dynamo.utils.counters[group].items()
+                             if "cache" in name},
         }
         out.write_text(json.dumps(record, indent=1) + "\n")
 

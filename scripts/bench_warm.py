@@ -52,6 +52,8 @@ def phases_of(row: dict, outs: list[dict]) -> dict[str, float]:
         for name, v in o.get("cpu_to_step1", {}).items():  # CPU from main() to step 1
             if name.endswith("_s"):
                 total[f"job:cpu {name}"] += v / len(outs)
+        for name, n in o.get("cache_counts", {}).items():  # PyTorch's hits and misses
+            total[f"job:{name} (count)"] += n / len(outs)
         for name, v in o.get("compile_phases_s", {}).items():
             if name in TORCH_PHASES:
                 total[f"torch:{name}"] += v / len(outs)
