@@ -373,7 +373,8 @@ class Artifacts:
             return listing()
         note = JOB_NOTE + hashlib.sha256(f"{token}\0{self._store.url}\0{what}".encode()
                                          ).hexdigest()
-        with node.lock(note):
+        label = what.replace("\0", " ") or "the index"  # what names: "" or "<kind>\0<key>"
+        with node.lock(note, f"the listing of {label}"):
             with contextlib.suppress(ValueError):  # a damaged note: list again
                 if (found := node.note(note)) is not None and isinstance(
                         listed := json.loads(found), list):

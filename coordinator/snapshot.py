@@ -194,7 +194,7 @@ class Snapshots:
             # One process per node unpacks it: the local caches it fills are the node's.
             note = "snapshot-" + hashlib.sha256(
                 (self.loaded_digest + repr(self._kernels.dirs())).encode()).hexdigest()
-            with node.lock(note):
+            with node.lock(note, f"placing snapshot {self._tag!r}"):
                 done = node.note(note)
                 if done is not None:
                     self._entry_names.update(json.loads(done))

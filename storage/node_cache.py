@@ -2,8 +2,9 @@
 
 Objects are cached by digest as the framed bytes the store holds, so they are verified on
 every read exactly like remote ones. A per-digest `flock` makes the other processes on the
-node wait for the first one's download instead of starting their own. Size is bounded with
-LRU eviction: a hit touches the file's mtime, eviction removes the oldest first.
+node wait for the first one's download instead of starting their own, within a deadline.
+Size is bounded with LRU eviction: a hit touches the file's mtime, eviction removes the
+oldest first.
 """
 
 from __future__ import annotations
@@ -15,18 +16,24 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from storage.atomic import write_file
 
 log = logging.getLogger(__name__)
 
+LOCK_POLL_MIN_S = 0.002
+LOCK_POLL_MAX_S = 0.025
+
 
 class NodeCache:
     """Objects cached by digest under `directory`, at most about `max_bytes` in total."""
 
-    def __init__(self, directory: str | os.PathLike[str], max_bytes: int = 10 * 2**30) -> None:
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int = 10 * 2**30,
+                 lock_wait_s: float = 120.0) -> None:
         self.dir = Path(directory)
         self.max_bytes = max_bytes
+        self.lock_wait_s = lock_wait_s
         self._locks = self.dir / ".locks"
         self._notes = self.dir / ".notes"  # outside eviction, like the locks
         self._locks.mkdir(parents=True, exist_ok=True)
@@ -58,9 +65,13 @@ class NodeCache:
             self._path(digest).unlink()
 
     @contextlib.contextmanager
-    def lock(self, digest: str) -> Iterator[None]:
+    def lock(self, digest: str, what: str = "") -> Iterator[None]:
         """Hold the node-wide lock for `digest` (or a note's name) while one process
-        downloads it (or does the work the note records)."""
+        downloads it (or does the work the note records).
+
+        A holder that is alive but stuck must not stop the node: after `lock_wait_s` the
+        caller goes on without the lock (one warning naming `what`) and does the work
+        itself, which the atomic writes make safe. A holder that dies lets go at once."""
         try:
             f = open(self._locks / digest, "a")  # noqa: SIM115 - closed by the `with` below
         except OSError as e:  # a read-only or full node disk: download without the lock
@@ -68,11 +79,32 @@ class NodeCache:
             yield
             return
         with f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+            if not self._acquire(f, what or digest[:12]):
+                yield
+                return
             try:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _acquire(self, f: IO[str], what: str) -> bool:
+        """Poll for the exclusive lock until the deadline (a blocking `flock` cannot be
+        given up on); the pause grows to LOCK_POLL_MAX_S, a waiter's wake-up delay."""
+        deadline = time.monotonic() + self.lock_wait_s
+        pause = LOCK_POLL_MIN_S
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("waited %.0f s for another process of this node on %s; going on "
+                            "without it", self.lock_wait_s, what)
+                return False
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, LOCK_POLL_MAX_S)
 
     def note(self, name: str) -> bytes | None:
         """A small note one process on this node left for the others (under `lock(name)`)."""

@@ -220,7 +220,8 @@ class ArtifactStore:
         payload = self._from_node_cache(digest)
         if payload is not None:
             return payload
-        with nc.lock(digest):  # the first process on the node downloads; the rest wait
+        # The first process on the node downloads; the rest wait.
+        with nc.lock(digest, f"the download of object {digest[:12]}"):
             payload = self._from_node_cache(digest)
             if payload is not None:
                 return payload
@@ -377,7 +378,9 @@ def prepare_store(url: str, *, fingerprint: str,
     node_cache = None
     if node_cache_dir:
         try:
-            node_cache = NodeCache(node_cache_dir, node_cache_max_bytes)
+            # Longer than a holder's store call may take (twice the timeout, retried).
+            node_cache = NodeCache(node_cache_dir, node_cache_max_bytes,
+                                   lock_wait_s=4 * timeout_s)
         except OSError as e:
             raise StoreConfigError(
                 f"node cache directory {node_cache_dir} is not usable ({e}); "

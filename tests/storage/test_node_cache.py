@@ -1,6 +1,10 @@
+import fcntl
+import logging
 import os
+import threading
 import time
 
+import pytest
 from store_workers import read_through_node_cache, run_together
 
 from storage import open_store
@@ -85,3 +89,36 @@ def test_notes_of_past_jobs_are_forgotten(tmp_path):
     assert node.note("snapshot-old") == b"x"  # another kind of note: not ours to forget
     assert sorted(p.name for p in (tmp_path / "nc" / ".locks").iterdir()) == [
         "index-new", "snapshot-old"]
+
+
+def hold(lock_path):
+    """Another process's hold on a node lock (flock conflicts between open files)."""
+    f = open(lock_path, "a")  # noqa: SIM115 - the caller closes it
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return f
+
+
+def test_a_stuck_holder_delays_the_node_only_until_the_deadline(tmp_path, caplog):
+    node = NodeCache(tmp_path / "nc", lock_wait_s=0.3)
+    holder = hold(tmp_path / "nc" / ".locks" / "obj")
+    ran = []
+    try:
+        with caplog.at_level(logging.WARNING, logger="storage.node_cache"), \
+                node.lock("obj", "the download of object obj"):
+            ran.append("downloaded it ourselves")
+    finally:
+        holder.close()
+    assert ran == ["downloaded it ourselves"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "waited 0 s for another process of this node on the download of object obj; "
+        "going on without it"]
+
+
+def test_a_waiter_takes_the_lock_once_the_holder_lets_go(tmp_path, caplog):
+    node = NodeCache(tmp_path / "nc", lock_wait_s=30)
+    holder = hold(tmp_path / "nc" / ".locks" / "obj")
+    threading.Timer(0.2, holder.close).start()
+    with caplog.at_level(logging.WARNING, logger="storage.node_cache"), node.lock("obj"), \
+            open(holder.name, "a") as other, pytest.raises(BlockingIOError):  # held by us
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert not caplog.records
