@@ -207,8 +207,9 @@ def render(report: dict, stores: list[str]) -> str:
         pre = [r[f"preimport_{kind}_ratio"] for r in measured]
         if pre:
             mains = [r[f"preimport_{kind}_phases"]["job:time_to_main_s"] for r in measured]
-            lines.append(f"- PyTorch alone with our launcher's imports, compile workers and "
-                         f"CUDA initialisation before the script, {kind} / {base}: mean "
+            lines.append(f"- PyTorch alone with our launcher's one visible GPU, imports, "
+                         f"compile workers and CUDA initialisation before the script, "
+                         f"{kind} / {base}: mean "
                          f"{statistics.mean(pre):.3f} over {len(pre)} repeats{interval(pre)}: "
                          f"{', '.join(f'{c:.3f}' for c in pre)} (launch to main() "
                          f"{statistics.mean(mains):.2f} s)")
