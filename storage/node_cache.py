@@ -88,11 +88,23 @@ class NodeCache:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def _acquire(self, f: IO[str], what: str) -> bool:
-        if flock_within(f, fcntl.LOCK_EX, time.monotonic() + self.lock_wait_s):
-            return True
-        log.warning("waited %.0f s for another process of this node on %s; going on "
-                    "without it", self.lock_wait_s, what)
-        return False
+        """Polled, since a blocking `flock` cannot be given up on: the pause grows to
+        LOCK_POLL_MAX_S, the most a waiter wakes late."""
+        deadline = time.monotonic() + self.lock_wait_s
+        pause = LOCK_POLL_MIN_S
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("waited %.0f s for another process of this node on %s; going "
+                            "on without it", self.lock_wait_s, what)
+                return False
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, LOCK_POLL_MAX_S)
 
     def note(self, name: str) -> bytes | None:
         """A small note one process on this node left for the others (under `lock(name)`)."""
@@ -148,20 +160,3 @@ class NodeCache:
                 log.debug("node cache evicted %s (%d bytes)", path.name, size)
             total -= size
 
-
-def flock_within(f: IO[str], operation: int, until: float) -> bool:
-    """Take `flock(f, operation)` (LOCK_EX or LOCK_SH) before time.monotonic() reaches
-    `until`; whether it was taken. Polled, since a blocking `flock` cannot be given up on:
-    the pause grows to LOCK_POLL_MAX_S, the most a waiter wakes late."""
-    pause = LOCK_POLL_MIN_S
-    while True:
-        try:
-            fcntl.flock(f, operation | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            pass
-        left = until - time.monotonic()
-        if left <= 0:
-            return False
-        time.sleep(min(pause, left))
-        pause = min(pause * 2, LOCK_POLL_MAX_S)

@@ -378,7 +378,8 @@ def prepare_store(url: str, *, fingerprint: str,
     node_cache = None
     if node_cache_dir:
         try:
-            # Longer than a holder's store call may take (twice the timeout, retried).
+            # A live holder's store call ends within twice the timeout (a download's
+            # retries may take longer): its waiters go on alone after twice that.
             node_cache = NodeCache(node_cache_dir, node_cache_max_bytes,
                                    lock_wait_s=4 * timeout_s)
         except OSError as e:
