@@ -172,8 +172,10 @@ class Artifacts:
                         "them again", left, timeout_s)
 
     def compile_started(self) -> None:
-        """Before anything of a compile runs (Inductor probes the CPU while it computes its
-        first key), the snapshot's files must be in place."""
+        """Before anything of a compile runs, the snapshot must be in place: Dynamo reads
+        its profile-guided dynamic-shape state (local PGO, on by default, which the
+        snapshot's Mega-Cache carries) as it starts on a frame, and the graphs PyTorch
+        then loads need the snapshot's entries and CPU probes."""
         self._compiles.started = (time.time(), compat.current_compile_id())
         self._await_ready()
 
