@@ -156,8 +156,10 @@ def _prepare_local(url: str, root: str) -> None:
 def _check_remote(url: str, fs: fsspec.AbstractFileSystem, root: str, retrier: Retrier) -> None:
     bucket = "" if root.startswith("/") else root.split("/", 1)[0]
     try:
-        # A listing, not exists(): s3fs's exists() hides missing credentials as False.
-        retrier.call("list root", lambda: fs.ls(root, refresh=True))
+        # A listing, not exists(): s3fs's exists() hides missing credentials as False. It
+        # also tells an object from a prefix (fsspec lists an object as itself), so one
+        # request checks the root: on a warm start it is on every rank's path to main().
+        listed = retrier.call("list root", lambda: fs.ls(root, detail=True, refresh=True))
     except FileNotFoundError as e:
         text = str(e).lower()
         if bucket and (root == bucket or "nosuchbucket" in text or "bucket does not exist" in text):
@@ -176,7 +178,8 @@ def _check_remote(url: str, fs: fsspec.AbstractFileSystem, root: str, retrier: R
                 "the bucket policy"
             ) from cause
         raise
-    if root != bucket and retrier.call("stat root", lambda: fs.isfile(root)):
+    if root != bucket and any(e.get("type") == "file" and e["name"].rstrip("/") == root
+                              for e in listed):
         raise StoreConfigError(
             f"store URL {url!r} names a file/object, not a directory or prefix; "
             "pass the prefix under which the store lives"
