@@ -6,6 +6,7 @@ install, whether a root is a bucket); everything else speaks plain fsspec.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -96,6 +97,16 @@ def check(url: str) -> None:
             _check_backend(url, part.split("://", 1)[0])
     if protocol in (None, "file", "local") and "::" not in url:
         _prepare_local(url, url_to_fs(url)[1])
+
+
+def import_backends(url: str) -> None:
+    """Import the fsspec backend of each protocol `url` names, as `resolve` would: a caller
+    can then scope the import (`storage.bytecode`). Errors are left for `resolve`."""
+    for part in url.split("::"):
+        protocol = part.split("://", 1)[0] if "://" in part else None
+        if protocol not in (None, "file", "local"):
+            with contextlib.suppress(ImportError, ValueError):
+                fsspec.get_filesystem_class(protocol)
 
 
 def _check_backend(url: str, protocol: str) -> None:

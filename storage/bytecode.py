@@ -1,0 +1,38 @@
+"""Bytecode for the store's backend, kept on the node where the interpreter writes none.
+
+An image that runs Python with PYTHONDONTWRITEBYTECODE and installs packages without their
+bytecode (`pip install --no-compile`) makes every process compile what it imports from
+source. For s3fs and its AWS stack (aiobotocore, botocore, aiohttp) that is 1.0-1.4 s per
+rank per job on the GPU machines, a cost PyTorch alone never pays. While the backend is
+imported, Python keeps its bytecode under a directory of ours (PEP 3147's prefix, what
+PYTHONPYCACHEPREFIX sets); outside that import the interpreter's own setting holds, and
+torch's modules, the script's and the user's are left as the image chose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Iterator
+
+_lock = threading.RLock()
+
+
+@contextlib.contextmanager
+def kept_under(directory: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Within the block, modules imported are compiled once per node into `directory`.
+
+    A no-op where the interpreter already writes bytecode or has a prefix of its own. The
+    setting is the process's: keep the block to the import itself.
+    """
+    with _lock:
+        if directory is None or not sys.dont_write_bytecode or sys.pycache_prefix is not None:
+            yield
+            return
+        sys.pycache_prefix, sys.dont_write_bytecode = os.fspath(directory), False
+        try:
+            yield
+        finally:
+            sys.pycache_prefix, sys.dont_write_bytecode = None, True
