@@ -36,6 +36,7 @@ class NodeCache:
         self.lock_wait_s = lock_wait_s
         self._locks = self.dir / ".locks"
         self._notes = self.dir / ".notes"  # outside eviction, like the locks
+        self.bytecode_dir = self.dir / ".bytecode"  # the backend's (storage/bytecode.py)
         self._locks.mkdir(parents=True, exist_ok=True)
 
     def _path(self, digest: str) -> Path:

@@ -354,8 +354,7 @@ class PreparedStore:
     def open(self) -> ArtifactStore:
         """Raises StoreConfigError for what only the store can tell (a missing bucket,
         refused credentials) and StoreUnavailable when it does not answer."""
-        with bytecode.kept_under(self.node_cache.dir / ".bytecode" if self.node_cache
-                                 else None):
+        with bytecode.kept_under(self.node_cache.bytecode_dir if self.node_cache else None):
             import_backends(self.url)
         fs, root = resolve(self.url, self.storage_options, self.retrier)
         return ArtifactStore(self.url, fs, root, self.fingerprint, self.key, self.retrier,
