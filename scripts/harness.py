@@ -11,6 +11,7 @@ read is here, once. Nothing here imports from tests/: the scripts must run on ma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import math
@@ -181,12 +182,42 @@ def kill_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
 
 
 def wait_or_kill(proc: subprocess.Popen, timeout: float, grace_s: float = 20.0) -> int | None:
-    """The job's exit status, or None when it ran past `timeout` and was ended."""
+    """The job's exit status, or None when it ran past `timeout` and was ended (its
+    Python stacks printed first)."""
     try:
         return proc.wait(timeout=max(timeout, 0.0))
     except subprocess.TimeoutExpired:
+        print_stacks(proc.pid)
         kill_group(proc, grace_s)
         return None
+
+
+def print_stacks(session: int) -> None:
+    """Every Python thread of a stuck job's processes, with py-spy where it is installed:
+    a hang seen once in a long benchmark is read from its output, not rerun until it
+    shows again."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        print(f"(no py-spy: the stacks of job {session} are not shown)", flush=True)
+        return
+    for pid in _processes_of(session):
+        print(f"== stacks of pid {pid} before the kill", flush=True)
+        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+            subprocess.run([spy, "dump", "--pid", str(pid)], timeout=30, check=False)
+
+
+def _processes_of(session: int) -> list[int]:
+    """The Python processes of a session (Linux: /proc/<pid>/stat's sixth field)."""
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path("/proc", entry, "stat").read_text()
+            exe = os.readlink(f"/proc/{entry}/exe")
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[3]) == session and "python" in exe:
+            pids.append(int(entry))
+    return sorted(pids)
 
 
 def parse_rows(p: argparse.ArgumentParser, argv: list[str] | None,
