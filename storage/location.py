@@ -99,14 +99,27 @@ def check(url: str) -> None:
         _prepare_local(url, url_to_fs(url)[1])
 
 
+def _remote_protocols(url: str) -> list[str]:
+    protocols = (part.split("://", 1)[0] for part in url.split("::") if "://" in part)
+    return [p for p in protocols if p not in ("file", "local")]
+
+
+def backend_packages(url: str) -> list[str]:
+    """The packages of the fsspec backends `url` names that are not imported yet."""
+    return [_package(known_implementations[p]) for p in _remote_protocols(url)
+            if p not in registry and p in known_implementations]
+
+
 def import_backends(url: str) -> None:
     """Import the fsspec backend of each protocol `url` names, as `resolve` would: a caller
     can then scope the import (`storage.bytecode`). Errors are left for `resolve`."""
-    for part in url.split("::"):
-        protocol = part.split("://", 1)[0] if "://" in part else None
-        if protocol not in (None, "file", "local"):
-            with contextlib.suppress(ImportError, ValueError):
-                fsspec.get_filesystem_class(protocol)
+    for protocol in _remote_protocols(url):
+        with contextlib.suppress(ImportError, ValueError):
+            fsspec.get_filesystem_class(protocol)
+
+
+def _package(implementation: dict[str, str]) -> str:
+    return re.split(r"[.:]", implementation["class"], maxsplit=1)[0]
 
 
 def _check_backend(url: str, protocol: str) -> None:
@@ -115,7 +128,7 @@ def _check_backend(url: str, protocol: str) -> None:
     implementation = known_implementations.get(protocol)
     if implementation is None:
         raise _unknown_protocol(url, protocol)
-    package = re.split(r"[.:]", implementation["class"], maxsplit=1)[0]
+    package = _package(implementation)
     if importlib.util.find_spec(package) is None:
         raise _missing_backend(protocol, ModuleNotFoundError(f"No module named {package!r}"))
 

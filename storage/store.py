@@ -17,7 +17,15 @@ from storage import bytecode, sealed
 from storage.errors import IntegrityError, StoreConfigError, StoreReadOnly, StoreUnavailable
 from storage.layout import Layout, decode_segment, is_digest, is_fingerprint, versions_dir
 from storage.listing import find_files, list_dirs, list_files
-from storage.location import check, import_backends, move, read_json, resolve, write_atomic
+from storage.location import (
+    backend_packages,
+    check,
+    import_backends,
+    move,
+    read_json,
+    resolve,
+    write_atomic,
+)
 from storage.node_cache import NodeCache
 from storage.retry import Retrier
 from storage.signing import load_signing_key
@@ -354,7 +362,8 @@ class PreparedStore:
     def open(self) -> ArtifactStore:
         """Raises StoreConfigError for what only the store can tell (a missing bucket,
         refused credentials) and StoreUnavailable when it does not answer."""
-        with bytecode.kept_under(self.node_cache.bytecode_dir if self.node_cache else None):
+        with bytecode.kept_under(self.node_cache.bytecode_dir if self.node_cache else None,
+                                 backend_packages(self.url)):
             import_backends(self.url)
         fs, root = resolve(self.url, self.storage_options, self.retrier)
         return ArtifactStore(self.url, fs, root, self.fingerprint, self.key, self.retrier,

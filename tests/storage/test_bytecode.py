@@ -4,6 +4,7 @@ fresh interpreters: the setting is the process's)."""
 from __future__ import annotations
 
 import os
+import py_compile
 import subprocess
 import sys
 import textwrap
@@ -38,7 +39,7 @@ def _pycs(directory: Path, name: str) -> list[Path]:
 IMPORT_BOTH = """
     import sys
     from storage.bytecode import kept_under
-    with kept_under({prefix!r}):
+    with kept_under({prefix!r}, ["inside_mod"]):
         import inside_mod
     import outside_mod
     print(sys.dont_write_bytecode, sys.pycache_prefix, inside_mod.__cached__)
@@ -68,12 +69,25 @@ def test_an_interpreter_that_writes_bytecode_is_left_alone(tmp_path):
     assert _pycs(src, "inside_mod") and _pycs(src, "outside_mod")
 
 
+def test_a_package_installed_with_its_bytecode_is_read_where_it_is(tmp_path):
+    """Redirected, Python would compile it once more on every fresh node."""
+    src, prefix = _modules(tmp_path), tmp_path / "node" / ".bytecode"
+    py_compile.compile(str(src / "inside_mod.py"), doraise=True)
+    _python(IMPORT_BOTH.format(prefix=str(prefix)), tmp_path, dont_write=True)
+    assert not prefix.exists()
+
+
 def test_opening_a_store_keeps_its_backend_bytecode_in_the_node_cache(tmp_path):
     node = tmp_path / "node"
-    _modules(tmp_path)
+    (_modules(tmp_path) / "fake_backend.py").write_text(
+        "from fsspec.implementations.memory import MemoryFileSystem\n\n\n"
+        "class FakeFileSystem(MemoryFileSystem):\n    protocol = 'pt2cctest'\n")
     _python(f"""
+        from fsspec.registry import register_implementation
         from storage import prepare_store
-        prepare_store("memory://bytecode-test/store", fingerprint="fp",
+        register_implementation("pt2cctest", "fake_backend.FakeFileSystem")
+        prepare_store("pt2cctest://bucket/store", fingerprint="fp",
                       node_cache_dir={str(node)!r}).open()
     """, tmp_path, dont_write=True)
-    assert _pycs(node / ".bytecode", "memory"), "fsspec's memory backend was not kept"
+    assert _pycs(node / ".bytecode", "fake_backend"), "the backend was not kept"
+    assert not _pycs(tmp_path / "src", "fake_backend")
