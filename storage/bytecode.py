@@ -36,7 +36,7 @@ def kept_under(directory: str | os.PathLike[str] | None,
                 or not any(map(_lacks_bytecode, packages)):
             yield
             return
-        sys.pycache_prefix, sys.dont_write_bytecode = os.fspath(directory), False
+        sys.pycache_prefix, sys.dont_write_bytecode = os.path.abspath(directory), False
         try:
             yield
         finally:
