@@ -2,7 +2,7 @@
 
 An image that runs Python with PYTHONDONTWRITEBYTECODE and installs packages without their
 bytecode (`pip install --no-compile`) makes every process compile what it imports from
-source. For s3fs and its AWS stack (aiobotocore, botocore, aiohttp) that is 1.0-1.4 s per
+source. For s3fs and its AWS stack (aiobotocore, botocore, aiohttp) that is 1.3-1.6 s per
 rank per job on the GPU machines, a cost PyTorch alone never pays. While the backend is
 imported, Python keeps its bytecode under a directory of ours (PEP 3147's prefix, what
 PYTHONPYCACHEPREFIX sets); outside that import the interpreter's own setting holds, and
