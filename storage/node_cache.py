@@ -160,4 +160,3 @@ class NodeCache:
                 path.unlink()
                 log.debug("node cache evicted %s (%d bytes)", path.name, size)
             total -= size
-
