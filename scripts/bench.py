@@ -80,6 +80,7 @@ class Servers:
         self.procs: list[subprocess.Popen] = []
         self.redis_port: int | None = None
         self.s3_endpoint: str | None = None
+        self.store_url: str | None = None
 
     def redis(self) -> int:
         if self.redis_port is None:
@@ -110,6 +111,12 @@ class Servers:
             wait_port(port, p, "moto server")
             self.s3_endpoint = f"http://127.0.0.1:{port}"
         return self.s3_endpoint
+
+    def s3_store(self) -> str:
+        """The server's one store URL: rows run again on it (bench_warm) find it filled."""
+        if self.store_url is None:
+            self.store_url = self.s3_bucket(f"bench-{os.getpid()}")
+        return self.store_url
 
     def s3_bucket(self, name: str) -> str:
         import s3fs
@@ -242,9 +249,7 @@ def run_rows(args: argparse.Namespace, work: Path, servers: Servers) -> dict[str
                 timeout = args.deadline + (rows.get("none", {}).get("time_to_step1_s") or 0)
         elif name.startswith("ours"):
             if name.endswith("s3"):
-                if "s3_url" not in rows.get("_", {}):
-                    rows.setdefault("_", {})["s3_url"] = servers.s3_bucket(f"bench-{os.getpid()}")
-                url = rows["_"]["s3_url"]
+                url = servers.s3_store()
                 env.update(S3_ENV, AWS_ENDPOINT_URL=servers.s3())
             else:
                 url = (work / "store").as_uri()
@@ -276,7 +281,6 @@ def run_rows(args: argparse.Namespace, work: Path, servers: Servers) -> dict[str
         print(f"[{name}] {res['status']}" + (f": step 1 after {t:.2f}s" if t else ""), flush=True)
         if res.get("error"):
             print(res["error"], flush=True)
-    rows.pop("_", None)
     return rows
 
 
