@@ -113,16 +113,11 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         topo = topology.this_process()
         rank = topo.rank
         # Timed, to tell work moved before main() from work added: torch, which the script
-        # imports first anyway, and Dynamo, which its first compile would import (our
-        # stats take PyTorch's counters as their baseline).
+        # imports first anyway, and Dynamo, which its first compile would import.
         started = time.perf_counter()
-        import torch  # noqa: F401
-        torch_imported = time.perf_counter()
+        import torch
         stats = RankStats(rank=rank, trace=_trace(config.trace, rank))
-        stats.add_phase("torch_import", torch_imported - started)
-        stats.add_phase("dynamo_import", time.perf_counter() - torch_imported)
-        with stats.phase("compile_workers_start"):  # as the first compile would, but ready
-            compat.start_compile_workers()  # by the time it reaches its first kernel
+        stats.add_phase("torch_import", time.perf_counter() - started)
         with stats.phase("fingerprint"):  # initialises CUDA, as the script would later
             fields = fingerprint.describe()
         fp = fingerprint.fingerprint(fields)
@@ -149,12 +144,14 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         kernels = KernelFiles()
         entry_names: dict[str, str] = {}
         snapshots = None
+        compile_stack = threading.Event()
         if config.snapshot:
             snapshots = Snapshots(
                 store, tag, kernels,
                 publisher=rank == 0, quiet_s=config.snapshot_quiet_s,
                 compiled_count=lambda: stats.published + stats.loaded + stats.materialized,
                 stats=stats, entry_names=entry_names, node=prepared.node_cache,
+                compile_stack=compile_stack,
             )
             snapshots.start_prefetch()
         explainer = Explainer(store, stats, fields, fp)
@@ -162,10 +159,20 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
                               ready_wait_s=config.store_timeout_s * 2, entry_names=entry_names,
                               explainer=explainer, node=prepared.node_cache)
         artifacts.start_prefetch()
-        from coordinator import hooks
+        # Imported after the prefetch has started: fetching, unpacking and writing the
+        # snapshot's files (mostly without the GIL) go on while Dynamo and Inductor import.
+        try:
+            with stats.phase("dynamo_import"):  # as the first compile would
+                import torch._dynamo  # noqa: F401
+            with stats.phase("compile_workers_start"):  # as the first compile would, but
+                compat.start_compile_workers()  # ready by the time it reaches a kernel
+            from coordinator import hooks
 
-        with stats.phase("hooks_install"):  # imports Inductor, as the first compile would
-            undo = hooks.install(artifacts, explainer, ddp_graph_split=config.ddp_graph_split)
+            with stats.phase("hooks_install"):  # imports Inductor, as the first compile would
+                undo = hooks.install(artifacts, explainer,
+                                     ddp_graph_split=config.ddp_graph_split)
+        finally:
+            compile_stack.set()
         _active = _Installation(config, store, flight, stats, snapshots, artifacts, explainer,
                                 undo)
         atexit.register(_at_exit)

@@ -10,12 +10,16 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import getpass
 import hashlib
 import importlib
 import json
 import logging
 import os
 import pickle
+import re
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -164,20 +168,27 @@ def entry_guards(content: bytes) -> str | None:
 
 
 def inductor_cache_dir() -> str:
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
-
-    return cache_dir()
+    """Inductor's cache dir as `cache_dir_utils.cache_dir()` finds it: TORCHINDUCTOR_CACHE_DIR,
+    else the default. Worked out here, not asked of Inductor: importing any part of
+    `torch._inductor` imports Dynamo too (a second), which install() does only once the
+    snapshot's prefetch has started (tests compare the two)."""
+    return os.path.abspath(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or _default_cache_dir())
 
 
 def precompiled_header_dir() -> str:
-    """Where Inductor keeps precompiled C++ headers: under the *default* cache dir."""
-    codecache = importlib.import_module("torch._inductor.codecache")
-    found = getattr(codecache, "_HEADER_DIR", None)
-    if found is not None:
-        return found
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    """Where Inductor keeps precompiled C++ headers: under the *default* cache dir
+    (`codecache._HEADER_DIR`)."""
+    return os.path.join(_default_cache_dir(), "precompiled_headers")
 
-    return os.path.join(default_cache_dir(), "precompiled_headers")
+
+def _default_cache_dir() -> str:
+    """`cache_dir_utils.default_cache_dir()`: <tmp>/torchinductor_<user>."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, ModuleNotFoundError, OSError):
+        user = f"uid_{os.getuid()}"
+    user = re.sub(r'[\\/:*?"<>|]', "_", user)
+    return os.path.join(tempfile.gettempdir(), f"torchinductor_{user}")
 
 
 def triton_cache_root() -> str:
@@ -298,19 +309,25 @@ def cpu_capability() -> str:
         return "unknown"
 
 
+def _dynamo_imported() -> bool:
+    """Whether Dynamo is imported: before it is, this process has compiled nothing."""
+    return "torch._dynamo.utils" in sys.modules
+
+
 def cache_counters() -> dict[str, int]:
     """PyTorch's own FX-graph and AOTAutograd cache counters for this process."""
-    from torch._dynamo.utils import counters
-
-    inductor, aot = counters["inductor"], counters["aot_autograd"]
-    return {
-        **{f"fxgraph_cache_{n}": inductor[f"fxgraph_cache_{n}"] for n in ("miss", "hit", "bypass")},
-        **{f"autograd_cache_{n}": aot[f"autograd_cache_{n}"] for n in ("miss", "hit", "bypass")},
-    }
+    counters: dict = {}
+    if _dynamo_imported():  # read without importing it: install() imports it later
+        from torch._dynamo.utils import counters
+    groups = {"fxgraph": "inductor", "autograd": "aot_autograd"}
+    return {f"{kind}_cache_{n}": counters.get(group, {}).get(f"{kind}_cache_{n}", 0)
+            for kind, group in groups.items() for n in ("miss", "hit", "bypass")}
 
 
 def compile_time_metrics() -> dict[str, float]:
     """Seconds per phase that Dynamo's `dynamo_timed` recorded in this process (summed)."""
+    if not _dynamo_imported():
+        return {}
     from torch._dynamo.utils import compilation_time_metrics
 
     return {name: round(sum(times), 4) for name, times in sorted(compilation_time_metrics.items())}

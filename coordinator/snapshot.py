@@ -28,6 +28,7 @@ from storage.node_cache import NodeCache
 log = logging.getLogger(__name__)
 
 MAX_SNAPSHOT_BYTES = 2 * 2**30
+COMPILE_STACK_WAIT_S = 120.0  # install() imports Dynamo and Inductor in about a second
 
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -103,8 +104,13 @@ class Snapshots:
 
     def __init__(self, store: Store, tag: str, kernels: KernelFiles, *, publisher: bool,
                  quiet_s: float, compiled_count: Callable[[], int], stats: RankStats,
-                 entry_names: dict[str, str], node: NodeCache | None = None) -> None:
+                 entry_names: dict[str, str], node: NodeCache | None = None,
+                 compile_stack: threading.Event | None = None) -> None:
         self._store = store
+        # Set once the installing thread has imported Dynamo and Inductor (None: already
+        # imported). The Mega-Cache load imports them too, and the same modules imported
+        # by two threads at once can deadlock on their import locks (circular imports).
+        self._compile_stack = compile_stack
         self._node = node
         self._stats = stats
         self._entry_names = entry_names
@@ -208,13 +214,21 @@ class Snapshots:
         finally:
             self.ready.set()
 
+    def _await_compile_stack(self) -> bool:
+        stack = self._compile_stack
+        if stack is None or stack.wait(COMPILE_STACK_WAIT_S):
+            return True
+        log.warning("torch's compile stack still not imported after %.0f s; snapshot %r "
+                    "goes on without its Mega-Cache", COMPILE_STACK_WAIT_S, self._tag)
+        return False
+
     def _place(self, blob: bytes) -> dict[str, str]:
         """Unpack a snapshot into the local caches; returns its manifest's entry names."""
         with self._stats.phase("snapshot_decompress"):
             contents = bundle.unpack(decompress(blob))
         with self._stats.phase("snapshot_place_files"):
             placed = self._kernels.place(contents.files)
-        if contents.payload:
+        if contents.payload and self._await_compile_stack():
             import torch
 
             with self._stats.phase("snapshot_load_megacache"):

@@ -32,6 +32,21 @@ def test_guarded_caches_iterate_over_candidates() -> None:
     assert compat.guarded_kind(AOTAutogradCache) == "aotautograd"
 
 
+@pytest.mark.parametrize("from_env", [True, False])
+def test_cache_dirs_are_inductors_own(tmp_path, monkeypatch, from_env: bool) -> None:
+    """Worked out without importing Inductor (install() imports it later): the same dirs."""
+    from torch._inductor import codecache
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    if from_env:
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    else:
+        monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    ours = compat.inductor_cache_dir()
+    assert ours == cache_dir()  # (which sets the variable to what it found)
+    assert compat.precompiled_header_dir() == codecache._HEADER_DIR
+
+
 def test_cache_configs_switch_on_and_back() -> None:
     import torch._inductor.config as inductor_config
 
