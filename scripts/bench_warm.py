@@ -104,7 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     harness.warm_bytecode_cache()
     bench.resolve_compile_threads(args, info)
     name = args.machine or harness.machine_name(info)
-    repeats = []
+    repeats: list[dict] = []
+
+    def keep(sample: dict) -> None:
+        """Reported at once: a run cut short by a time limit keeps what it measured."""
+        repeats.append(sample)
+        print(json.dumps({k: v for k, v in sample.items() if "phases" not in k}), flush=True)
+        write_report(args, name, info, repeats, stores)
+
     for rep in range(args.repeat):
         work = Path(tempfile.mkdtemp(prefix=f"bench-warm-{rep}-"))
         if args.traces:
@@ -114,45 +121,46 @@ def main(argv: list[str] | None = None) -> int:
         # clocks, the host's other load) does not favour one side in the mean.
         args.row_order = plain + ours if rep % 2 == 0 else ours + plain
         servers = bench.Servers(work)
+
         try:
             rows = bench.run_rows(args, work, servers)
-            rounds = [warm_round(args, work, rows, stores, rep % 2 == 0, f"{rep + 1}")]
+            keep(first_round(args, work, rows, stores, rep))
             for r in range(1, args.warm_repeat):
                 again = rerun_warm(args, work, servers, plain + ours, rep + r)
-                rounds.append(warm_round(args, work, again, stores, (rep + r) % 2 == 0,
-                                         f"{rep + 1}.{r + 1}"))
+                keep(warm_round(args, work, again, stores, (rep + r) % 2 == 0,
+                                f"{rep + 1}.{r + 1}"))
         finally:
             servers.stop()
-        rep_out = rounds[0]
-        rep_out["none_s"] = rows["none"].get("time_to_step1_s")
-        if args.preimport:
-            for kind, base in (("warm", rep_out["warm_local_s"]), ("cold", rep_out["none_s"])):
-                row = f"preimport-{kind}"
-                t = rows[row].get("time_to_step1_s")
-                rep_out[f"preimport_{kind}_s"] = t
-                rep_out[f"preimport_{kind}_ratio"] = round(t / base, 3) if t and base else None
-                rep_out[f"preimport_{kind}_phases"] = phases_of(rows[row],
-                                                                outs(work, row, args.nproc))
-        for s in stores:
-            cold = rows[f"ours-cold-{s}"]
-            c, none = cold.get("time_to_step1_s"), rep_out["none_s"]
-            rep_out[s].update(cold_s=c, cold_ratio=round(c / none, 3) if c and none else None,
-                              cold_phases=phases_of(cold, outs(work, f"ours-cold-{s}",
-                                                               args.nproc)))
-        rep_out["none_phases"] = phases_of(rows["none"], outs(work, "none", args.nproc))
-        repeats += [rep_out, *rounds[1:]]
-        for r in (rep_out, *rounds[1:]):
-            print(json.dumps({k: v for k, v in r.items() if "phases" not in k}), flush=True)
         if args.traces:  # each rank's output and counters beside its timeline
             for f in [*(work / "jobs").glob("*/*.rank*.*"), *(work / "jobs").glob("*/log.txt")]:
                 dest = Path(args.trace_dir) / f.parent.name
                 dest.mkdir(parents=True, exist_ok=True)
                 shutil.copy(f, dest / f.name)
         shutil.rmtree(work, ignore_errors=True)
-        md = write_report(args, name, info, repeats, stores)  # after each repeat: a run cut
-        # short by a time limit still leaves what it measured
-    print("\n" + md)
+    print("\n" + write_report(args, name, info, repeats, stores))
     return 0
+
+
+def first_round(args: argparse.Namespace, work: Path, rows: dict[str, dict],
+                stores: list[str], rep: int) -> dict:
+    """A repeat's first sample: its warm ratios, and its cold ones (each cold row over
+    `none`, PyTorch alone compiling on every rank)."""
+    out = warm_round(args, work, rows, stores, rep % 2 == 0, f"{rep + 1}")
+    out["none_s"] = rows["none"].get("time_to_step1_s")
+    if args.preimport:
+        for kind, base in (("warm", out["warm_local_s"]), ("cold", out["none_s"])):
+            row = f"preimport-{kind}"
+            t = rows[row].get("time_to_step1_s")
+            out[f"preimport_{kind}_s"] = t
+            out[f"preimport_{kind}_ratio"] = round(t / base, 3) if t and base else None
+            out[f"preimport_{kind}_phases"] = phases_of(rows[row], outs(work, row, args.nproc))
+    for s in stores:
+        cold = rows[f"ours-cold-{s}"]
+        c, none = cold.get("time_to_step1_s"), out["none_s"]
+        out[s].update(cold_s=c, cold_ratio=round(c / none, 3) if c and none else None,
+                      cold_phases=phases_of(cold, outs(work, f"ours-cold-{s}", args.nproc)))
+    out["none_phases"] = phases_of(rows["none"], outs(work, "none", args.nproc))
+    return out
 
 
 def warm_round(args: argparse.Namespace, work: Path, rows: dict[str, dict],
