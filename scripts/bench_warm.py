@@ -121,7 +121,6 @@ def main(argv: list[str] | None = None) -> int:
         # clocks, the host's other load) does not favour one side in the mean.
         args.row_order = plain + ours if rep % 2 == 0 else ours + plain
         servers = bench.Servers(work)
-
         try:
             rows = bench.run_rows(args, work, servers)
             keep(first_round(args, work, rows, stores, rep))
@@ -181,10 +180,10 @@ def warm_round(args: argparse.Namespace, work: Path, rows: dict[str, dict],
 
 
 def rerun_warm(args: argparse.Namespace, work: Path, servers: bench.Servers,
-               rows: list[str], turn: int) -> dict:
+               names: list[str], turn: int) -> dict:
     """The warm rows again on the stores the cold rows filled, each ours-warm row on a
     fresh node (its node and output removed), who goes first alternating by `turn`."""
-    warm = [r for r in rows if r == "warm-local" or r.startswith("ours-warm")]
+    warm = [r for r in names if r == "warm-local" or r.startswith("ours-warm")]
     for row in warm:
         if row.startswith("ours"):
             shutil.rmtree(work / f"node-{row}", ignore_errors=True)
