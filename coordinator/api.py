@@ -152,6 +152,8 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
                 compiled_count=lambda: stats.published + stats.loaded + stats.materialized,
                 stats=stats, entry_names=entry_names, node=prepared.node_cache,
                 compile_stack=compile_stack,
+                # (`artifacts` exists before any snapshot is published)
+                name_entries=lambda: artifacts.name_published_twins(),
             )
             snapshots.start_prefetch()
         explainer = Explainer(store, stats, fields, fp)

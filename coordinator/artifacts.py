@@ -81,6 +81,8 @@ class Artifacts:
         self._subdirs: dict[tuple[str, str], str] = {}  # PyTorch's local dir of guarded keys
         self._specialised: set[tuple[str, str]] = set()  # keys whose guards rejected a variant
         self._waited: dict[tuple[str, str], float] = {}  # seconds of the last wait per key
+        # (kind, key, variant) -> local entry name: built here, published by another rank
+        self._kept_locally: dict[tuple[str, str, str], str] = {}
         self._missed_at: dict[tuple[str, str], float] = {}  # wall time PyTorch began compiling
         self._compiles = threading.local()  # wall time the running Dynamo compile began
         # Digest -> the file name its entry has in PyTorch's local dir: what we published
@@ -251,7 +253,12 @@ class Artifacts:
         if self._store is None or self._store.read_only:
             return None
         held = self._flight.holds(kind, key)
-        if not held and not self._first_to_publish(kind, key, value):
+        variant = None if held else self._variant(kind, value)
+        if variant is not None and not self._flight.first_to_publish(kind, key, variant):
+            # Ours stays local, named for the snapshot by the publisher's digest later.
+            if kind in GUARDED_KINDS and (name := _local_name(value)) is not None:
+                with self._lock:
+                    self._kept_locally[(kind, key, variant)] = name
             return None
         # Our claim's waiters on this node need not wait for the upload: they read the
         # node's copy.
@@ -259,6 +266,8 @@ class Artifacts:
         digest = self._store.put(kind, key, bundle.pack(value, files), on_node)
         if digest is None:
             return None
+        if variant is not None:
+            self._flight.note_published(kind, key, variant, digest)
         self._note_offered(kind, key, digest)
         if kind in GUARDED_KINDS:
             self._note_entry_name(digest, value)
@@ -326,8 +335,8 @@ class Artifacts:
         self._note_offered(kind, key, digest)
 
     def _note_entry_name(self, digest: str, value: bytes) -> None:
-        with contextlib.suppress(ValueError):
-            self.entry_names[digest] = compat.local_entry_name(compat.entry_content(value))
+        if (name := _local_name(value)) is not None:
+            self.entry_names[digest] = name
 
     def _list_index(self) -> None:
         try:
@@ -405,8 +414,8 @@ class Artifacts:
                             self._ready_wait_s)
                 self._index_ready.set()
 
-    def _first_to_publish(self, kind: str, key: str, value: bytes) -> bool:
-        """Whether this rank publishes an entry it built without holding a claim.
+    def _variant(self, kind: str, value: bytes) -> str:
+        """Which variant an entry built without a claim is, for `first_to_publish`.
 
         Every rank that misses a key of a kind nobody claims builds it at once, as do the
         ranks whose guards rejected a claimant's variant; their pickles differ byte for
@@ -418,8 +427,19 @@ class Artifacts:
         if kind in GUARDED_KINDS:
             with contextlib.suppress(ValueError):
                 guards = compat.entry_guards(compat.entry_content(value))
-        variant = hashlib.sha256(str(guards).encode()).hexdigest()[:32]
-        return self._flight.first_to_publish(kind, key, variant)
+        return hashlib.sha256(str(guards).encode()).hexdigest()[:32]
+
+    def name_published_twins(self) -> None:
+        """Before a snapshot is published: entries this rank built and kept while another
+        rank published the same variant are named in its manifest by that rank's digest,
+        or a fresh node that places the snapshot would fetch that copy and add it again."""
+        with self._lock:
+            kept = dict(self._kept_locally)
+        for (kind, key, variant), name in kept.items():
+            if (digest := self._flight.published_as(kind, key, variant)) is not None:
+                self.entry_names[digest] = name
+                with self._lock:
+                    self._kept_locally.pop((kind, key, variant), None)
 
     def _note_listed(self, kind: str, key: str, digest: str) -> None:
         with self._lock:
@@ -431,3 +451,11 @@ class Artifacts:
         with self._lock:
             self._offered.setdefault((kind, key), set()).add(digest)
         self._note_listed(kind, key, digest)
+
+
+def _local_name(value: bytes) -> str | None:
+    """The file name a guarded entry has in PyTorch's local dir; None if unreadable."""
+    try:
+        return compat.local_entry_name(compat.entry_content(value))
+    except ValueError:
+        return None

@@ -314,6 +314,29 @@ class SingleFlight:
             log.debug("c10d store failed while deduplicating %s %s (%s)", kind, key, exc)
             return True
 
+    def note_published(self, kind: str, key: str, variant: str, digest: str) -> None:
+        """This rank, the job's first to publish `variant` of `key`, stored it as `digest`:
+        the job's others that built it too can name their copy by it (`published_as`)."""
+        if self._job is None:
+            return
+        try:
+            self._op(self._job.main.set, f"pubd/{kind}/{key}/{variant}", digest)
+        except Exception as exc:  # noqa: BLE001 - only a snapshot's manifest misses it
+            log.debug("c10d store failed while noting %s %s (%s)", kind, key, exc)
+
+    def published_as(self, kind: str, key: str, variant: str) -> str | None:
+        """The digest another rank stored `variant` of `key` under; None if not (yet)."""
+        if self._job is None:
+            return None
+        name = f"pubd/{kind}/{key}/{variant}"
+        try:
+            if not self._op(self._job.main.check, [name]):
+                return None
+            return bytes(self._op(self._job.main.get, name)).decode()
+        except Exception as exc:  # noqa: BLE001
+            log.debug("c10d store failed while reading %s %s (%s)", kind, key, exc)
+            return None
+
     def wait(self, kind: str, key: str, compile_id: str | None = None) -> Waited:
         """Block until the claimant of `key` is done, dead, or the deadline passes;
         `compile_id` (Dynamo's) names the compile in the log lines."""

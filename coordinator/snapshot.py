@@ -105,8 +105,10 @@ class Snapshots:
     def __init__(self, store: Store, tag: str, kernels: KernelFiles, *, publisher: bool,
                  quiet_s: float, compiled_count: Callable[[], int], stats: RankStats,
                  entry_names: dict[str, str], node: NodeCache | None = None,
-                 compile_stack: threading.Event | None = None) -> None:
+                 compile_stack: threading.Event | None = None,
+                 name_entries: Callable[[], None] | None = None) -> None:
         self._store = store
+        self._name_entries = name_entries  # fills `entry_names` in before a publish
         # Set once the installing thread has imported Dynamo and Inductor (None: already
         # imported). The Mega-Cache load imports them too, and the same modules imported
         # by two threads at once can deadlock on their import locks (circular imports).
@@ -166,6 +168,8 @@ class Snapshots:
 
         saved = torch.compiler.save_cache_artifacts()
         payload = saved[0] if saved is not None else b""
+        if self._name_entries is not None:
+            self._name_entries()
         manifest = {"entries": dict(self._entry_names)}
         blob = compress(bundle.pack(payload, self._kernels.all_files(), manifest))
         if len(blob) > MAX_SNAPSHOT_BYTES:

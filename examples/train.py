@@ -267,10 +267,14 @@ def main(argv: list[str] | None = None) -> None:
 
     if distributed:
         # A PyTorch race, not ours: DDP's reducer, freed with the GIL held, destroys the
-        # gloo group while a gloo worker may still be releasing the last backward's
-        # all-reduce, whose captured thread-local state holds a Python object and so needs
-        # the GIL: both wait forever. A barrier lets the workers drain first.
+        # gloo group if it holds the group's last reference, and the group joins a gloo
+        # worker that may still be releasing the last backward's all-reduce, whose captured
+        # thread-local state holds a Python object and so needs the GIL: both wait forever.
+        # A barrier lets the workers drain; the model goes before the group, so that the
+        # group's last reference goes in destroy_process_group(), which releases the GIL.
         dist.barrier()
+        del compiled, model
+        gc.collect()
         dist.destroy_process_group()
 
 

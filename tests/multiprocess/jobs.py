@@ -7,12 +7,14 @@ Triton's caches, the node-local object tier, TMPDIR); a fresh node is a new dire
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import functools
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -112,8 +114,9 @@ def start(script: Path, args: list[str], *, node: Path, store: str | None, out: 
                 *launcher_args]
     cmd += [str(script), *args, "--out", str(out / "out")]
     full_env = {**os.environ, **cpu_job_env(node, seed_probes=seed_probes), **(env or {})}
+    # A session of its own: a job past its deadline is killed whole (`finish`).
     return subprocess.Popen(cmd, env=full_env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def finish(proc: subprocess.Popen, out: Path, *, nproc: int = 2, timeout: float = 400,
@@ -121,8 +124,11 @@ def finish(proc: subprocess.Popen, out: Path, *, nproc: int = 2, timeout: float 
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        output, _ = proc.communicate()
+        # Every process of the job: a worker left behind holds the output pipe open, and
+        # reading it to the end would wait for that worker (a gloo teardown hang did so).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate(timeout=60)
         raise AssertionError(f"job still running after {timeout} s:\n{output[-6000:]}") from None
     return Job(proc.returncode, output, read_ranks(out, "stats", nproc),
                read_ranks(out, "out", nproc), time.monotonic() - (started or time.monotonic()))
