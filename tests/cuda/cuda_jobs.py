@@ -15,14 +15,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
-from tests.multiprocess.jobs import node_env, read_ranks  # one node layout for CPU and GPU jobs
+from tests.multiprocess.jobs import (  # one node layout for CPU and GPU jobs
+    kill_group,
+    node_env,
+    read_ranks,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -104,7 +107,7 @@ class Running:
             rc: int | None = self.proc.wait(timeout=max(1.0, self.started + self.timeout
                                                          - time.monotonic()))
         except subprocess.TimeoutExpired:
-            _kill_group(self.proc)
+            kill_group(self.proc)
             rc = None
         return Job(self.name, rc, self.log, time.monotonic() - self.started,
                    read_ranks(self.out, "out", NPROC), read_ranks(self.out, "stats", NPROC),
@@ -185,20 +188,6 @@ def store_keys(url: str, kind: str) -> dict[str, int]:
         if e.kind == kind and e.section == "index":
             counts[e.key] += 1
     return dict(counts)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """End the job we started (its own process session) and nothing else."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=20)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _read_probe(probe_dir: Path) -> dict[int, dict[str, list[str]]]:

@@ -119,15 +119,25 @@ def start(script: Path, args: list[str], *, node: Path, store: str | None, out: 
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+def kill_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """End a job started in a session of its own, every process of it and nothing else:
+    SIGTERM, then SIGKILL for whatever outlived `grace_s` (a worker left behind holds the
+    job's output open, and a gloo teardown hang ignores the agent's end)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def finish(proc: subprocess.Popen, out: Path, *, nproc: int = 2, timeout: float = 400,
            started: float | None = None) -> Job:
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        # Every process of the job: a worker left behind holds the output pipe open, and
-        # reading it to the end would wait for that worker (a gloo teardown hang did so).
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc)
         output, _ = proc.communicate(timeout=60)
         raise AssertionError(f"job still running after {timeout} s:\n{output[-6000:]}") from None
     return Job(proc.returncode, output, read_ranks(out, "stats", nproc),
