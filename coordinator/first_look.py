@@ -10,17 +10,16 @@ it needs more of it. Whatever the process fails to give, the first rank asks the
 
 from __future__ import annotations
 
-import logging
+import contextlib
 
 from coordinator.job_notes import JobNotes
 from storage import sealed
 from storage.api import Store
 from storage.store import PreparedStore
-from storage.warmup import Warmup
-
-log = logging.getLogger(__name__)
+from storage.warmup import Gone, Warmup
 
 INDEX, SNAPSHOT = "", "snapshot\0"  # the notes' names (the index's is the relists' "")
+LEADER_SLACK_S = 5.0
 
 
 class FirstLook:
@@ -31,18 +30,19 @@ class FirstLook:
         self._store = store
         self._prepared = prepared
         self._warmup = warmup
-        self._wait_s = wait_s
+        self._wait_s = wait_s  # for the process's answer, and the store's (if it fails)
+        self._leader_wait_s = 2 * wait_s + LEADER_SLACK_S  # for the leader's note
 
     def index(self) -> dict[tuple[str, str], list[str]]:
         """The store's index, as `Store.list_index` gives it."""
         found = self._notes.from_leader(INDEX, self._list_index, leader=self._leader,
-                                        wait_s=self._wait_s)
+                                        wait_s=self._leader_wait_s)
         return {(kind, key): digests for kind, key, digests in found}
 
     def snapshot(self, tag: str) -> bytes | None:
         """The verified payload of the newest snapshot under `tag`, or None."""
         found = self._notes.from_leader(SNAPSHOT + tag, lambda: self._find_snapshot(tag),
-                                        leader=self._leader, wait_s=self._wait_s)
+                                        leader=self._leader, wait_s=self._leader_wait_s)
         if not found:
             return None
         if (payload := self._prepared.read_on_node(found[0])) is not None:
@@ -57,7 +57,10 @@ class FirstLook:
         return self._warmup.stats()
 
     def _list_index(self) -> list[list[object]]:
-        index = self._warmup.index(self._wait_s) if self._warmup is not None else None
+        index = None
+        if self._warmup is not None:
+            with contextlib.suppress(Gone):  # logged; the store is asked here instead
+                index = self._warmup.index(self._wait_s)
         if index is None:
             index = self._store.list_index()
         return [[kind, key, digests] for (kind, key), digests in index.items()]
@@ -65,8 +68,8 @@ class FirstLook:
     def _find_snapshot(self, tag: str) -> list[str]:
         """[digest] of the snapshot now in the node cache, [] if there is none."""
         if self._warmup is not None:
-            answered, digest = self._warmup.snapshot(self._wait_s)
-            if answered:
+            with contextlib.suppress(Gone):
+                digest = self._warmup.snapshot(self._wait_s)
                 return [digest] if digest is not None else []
         payload = self._store.get_snapshot(tag)  # kept in the node cache as it is fetched
         return [sealed.digest_of(payload)] if payload is not None else []

@@ -42,8 +42,7 @@ class JobNotes:
         node = self._node
         if note is None or node is None:
             return listing()
-        label = what.replace("\0", " ")
-        with node.lock(note, f"the listing of {label}"):
+        with node.lock(note, f"the listing of {_label(what)}"):
             if (found := self._read(note)) is not None:
                 return found
             listed = listing()
@@ -62,7 +61,7 @@ class JobNotes:
         while (found := self._read(note)) is None:
             if time.monotonic() > deadline:
                 log.warning("the node's first rank left no %s within %.0f s; asking the "
-                            "store here", what.replace("\0", " "), wait_s)
+                            "store here", _label(what), wait_s)
                 return self.once(what, listing)
             time.sleep(LEADER_POLL_S)
         return found
@@ -85,3 +84,8 @@ class JobNotes:
                     listed := json.loads(found), list):
                 return listed
         return None
+
+
+def _label(what: str) -> str:
+    """What a note holds, for a log line: "" is the index, else "<kind>\0<key>"."""
+    return what.replace("\0", " ") or "index"

@@ -11,7 +11,8 @@ themselves only when they need more of it (a miss, a publish, the record of use)
 Protocol, one JSON object per line: the parent writes {"fingerprint": ..., "tag": ...}
 (tag null: no snapshot) or closes stdin (nothing to do); the child answers {"index":
 [[kind, key, [digest, ...]], ...]}, then {"snapshot": digest or null}, then {"stats":
-StoreStats}, or {"error": text} in place of whatever it could not do.
+StoreStats}, or {"error": text, "store_failed": whether the store refused or did not
+answer} in place of whatever it could not do.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 from typing import IO, Any
 
 from storage import sealed
+from storage.errors import StoreError
 from storage.layout import is_digest
 from storage.store import PreparedStore, prepare_store
 
@@ -40,6 +42,7 @@ class Warmup:
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self._proc = proc
         self._answers: dict[str, Any] = {}
+        self._gone = False  # said once
         self._cond = threading.Condition()
         threading.Thread(target=self._read, args=(proc.stdout,), name="pt2cc-warmup",
                          daemon=True).start()
@@ -66,21 +69,19 @@ class Warmup:
         """Nothing to fetch (the store is not used): the child exits."""
         self._send(None)
 
-    def index(self, timeout_s: float) -> dict[tuple[str, str], list[str]] | None:
-        """The store's index as `ArtifactStore.list_index` gives it; None if the child
-        failed or did not answer within `timeout_s`."""
+    def index(self, timeout_s: float) -> dict[tuple[str, str], list[str]]:
+        """The store's index as `ArtifactStore.list_index` gives it; {} if the store
+        failed the child or the child is late (the first lookups miss). Raises Gone."""
         found = self._answer("index", timeout_s)
         if not isinstance(found, list):
-            return None
+            return {}
         return {(kind, key): digests for kind, key, digests in found}
 
-    def snapshot(self, timeout_s: float) -> tuple[bool, str | None]:
-        """(answered, digest): the digest of the snapshot now in the node cache, None if
-        the store holds none; answered False if the child failed or is late."""
-        if "snapshot" not in self._wait_for("snapshot", timeout_s):
-            return False, None
-        digest = self._answers["snapshot"]
-        return True, digest if isinstance(digest, str) and is_digest(digest) else None
+    def snapshot(self, timeout_s: float) -> str | None:
+        """The digest of the snapshot now in the node cache; None if the store holds
+        none, failed the child, or the child is late. Raises Gone."""
+        digest = self._answer("snapshot", timeout_s)
+        return digest if isinstance(digest, str) and is_digest(digest) else None
 
     def stats(self) -> dict[str, int]:
         """The child's store counters (StoreStats), once it has answered everything."""
@@ -99,8 +100,8 @@ class Warmup:
             if message is not None:
                 stdin.write(json.dumps(message) + "\n")
             stdin.close()
-        except OSError as exc:  # the child is gone: its answers never come
-            log.warning("the store's warm-up process is gone (%s); opening it here", exc)
+        except OSError as exc:  # the child is gone: `_answer` says so
+            log.debug("the store's warm-up process is gone (%s)", exc)
 
     def _read(self, stdout: IO[str] | None) -> None:
         assert stdout is not None
@@ -118,24 +119,34 @@ class Warmup:
             self._cond.notify_all()
         self._proc.wait()
 
-    def _wait_for(self, name: str, timeout_s: float) -> dict[str, Any]:
+    def _answer(self, name: str, timeout_s: float) -> Any:
+        """The child's answer `name`; None where the store failed it or it is late: the
+        store is no faster for the parent. Gone where the child itself failed."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while not ({name, "error", "eof"} & self._answers.keys()):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    log.warning("the store's warm-up process gave no %s within %.0f s; "
-                                "asking the store here", name, timeout_s)
-                    break
+                    log.info("the store's warm-up process gave no %s within %.0f s; the "
+                             "first lookups miss", name, timeout_s)
+                    return None
                 self._cond.wait(left)
-            return dict(self._answers)
+            answers = dict(self._answers)
+        if name in answers:
+            return answers[name]
+        if answers.get("store_failed"):  # the ranks' own opens will say what is wrong
+            log.info("the store's warm-up process: %s", answers["error"])
+            return None
+        why = answers.get("error", "it exited without answering")
+        with self._cond:
+            first, self._gone = not self._gone, True
+        if first:
+            log.warning("the store's warm-up process failed (%s); asking the store here", why)
+        raise Gone(why)
 
-    def _answer(self, name: str, timeout_s: float) -> Any:
-        answers = self._wait_for(name, timeout_s)
-        if name not in answers and "error" in answers:
-            log.warning("the store's warm-up process failed (%s); asking the store here",
-                        answers["error"])
-        return answers.get(name)
+
+class Gone(Exception):
+    """The child failed (not the store): the parent asks the store itself."""
 
 
 def _env() -> dict[str, str]:
@@ -175,6 +186,9 @@ def main(argv: list[str]) -> int:
                                  node_cache_max_bytes=int(max_bytes),
                                  timeout_s=float(timeout_s))
         _serve(prepared)
+    except StoreError as exc:
+        _say(error=f"{type(exc).__name__}: {exc}", store_failed=True)
+        return 1
     except Exception as exc:  # noqa: BLE001 - the parent asks the store itself
         _say(error=f"{type(exc).__name__}: {exc}")
         return 1

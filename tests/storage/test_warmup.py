@@ -1,12 +1,13 @@
 """The node's first look at a remote store, in a process of its own (a real child process
 against moto's S3 server)."""
 
+import logging
 import time
 
 import pytest
 
 from storage import prepare_store
-from storage.warmup import Warmup
+from storage.warmup import Gone, Warmup
 
 FP = "fp"
 pytestmark = pytest.mark.s3
@@ -27,7 +28,7 @@ def test_it_lists_the_index_and_leaves_the_snapshot_in_the_node_cache(s3_url, tm
     warmup.request(FP, "tag")
     assert warmup.index(60) == store.list_index()
     assert sorted(sum(store.list_index().values(), [])) == sorted(variants)
-    assert warmup.snapshot(60) == (True, snapshot)
+    assert warmup.snapshot(60) == snapshot
     # The parent reads it from the node cache alone, verified: no store request.
     node = prepare_store(s3_url, fingerprint=FP, node_cache_dir=str(tmp_path / "node"))
     assert node.read_on_node(snapshot) == b"snapshot payload"
@@ -38,31 +39,44 @@ def test_it_lists_the_index_and_leaves_the_snapshot_in_the_node_cache(s3_url, tm
     warmup.close()
 
 
-def test_no_snapshot_is_an_answer(s3_url, tmp_path):
+def test_an_empty_store_is_an_answer(s3_url, tmp_path):
     warmup = start(s3_url, str(tmp_path / "node"))
     warmup.request(FP, "tag")
     assert warmup.index(60) == {}
-    assert warmup.snapshot(60) == (True, None)
+    assert warmup.snapshot(60) is None
     warmup.close()
 
 
-def test_a_store_it_cannot_open_is_no_answer(s3_endpoint, tmp_path, caplog):
-    """A missing bucket: the parent hears at once that it must ask the store itself."""
+def test_a_store_it_cannot_open_is_nothing_found(s3_endpoint, tmp_path, caplog):
+    """A missing bucket: nothing found, at once (the ranks' own opens say what is wrong)."""
     warmup = start("s3://no-such-bucket-here/x", str(tmp_path / "node"))
     warmup.request(FP, "tag")
     started = time.monotonic()
-    assert warmup.index(60) is None
-    assert warmup.snapshot(60) == (False, None)
+    with caplog.at_level(logging.INFO):
+        assert warmup.index(60) == {}
+        assert warmup.snapshot(60) is None
     assert time.monotonic() - started < 30
-    assert "warm-up process failed" in caplog.text
+    assert "no-such-bucket-here" in caplog.text
     warmup.close()
 
 
 def test_a_late_child_is_waited_for_no_longer_than_the_deadline(s3_url, tmp_path, caplog):
     warmup = start(s3_url, str(tmp_path / "node"))  # never told what to fetch
     started = time.monotonic()
-    assert warmup.index(0.5) is None
+    with caplog.at_level(logging.INFO):
+        assert warmup.index(0.5) == {}
     assert time.monotonic() - started < 5
     assert "gave no index within" in caplog.text
     warmup.cancel()  # it exits
     warmup.close()
+
+
+def test_a_child_that_dies_is_gone(s3_url, tmp_path, caplog):
+    """Not the store's fault: the parent asks the store itself, told once."""
+    warmup = start(s3_url, str(tmp_path / "node"))
+    warmup.close()  # killed before it answered
+    with pytest.raises(Gone):
+        warmup.index(60)
+    with pytest.raises(Gone):
+        warmup.snapshot(60)
+    assert caplog.text.count("warm-up process failed") == 1
