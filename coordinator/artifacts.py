@@ -352,9 +352,10 @@ class Artifacts:
             self._index_ready.set()
 
     def _list_once_per_node(self) -> dict[tuple[str, str], list[str]]:
-        """One process of a node lists the store's index for the job; the node's others
-        read what it found. An empty index (maybe an outage) is not shared: without it the
-        node's every lookup would miss."""
+        """One process of a node lists the store's index for the job (the node's leader,
+        where the first look is apart); the node's others read what it found. Otherwise
+        an empty index (maybe an outage) is not shared: without it the node's every lookup
+        would miss."""
         assert self._store is not None
         if self._first_look is not None:
             found = self._first_look.index()

@@ -5,7 +5,8 @@ critical path (storage/warmup.py). Where the store is remote and the node has a 
 node's first local rank has a process of its own open the store beside torch's import;
 that rank hands what it found (the index, the snapshot's digest) to the node's others as
 job notes, the snapshot itself lies in the node cache, and no rank opens the store before
-it needs more of it. Whatever the process fails to give, the first rank asks the store.
+it needs more of it. Where the process itself fails (not the store), the first rank asks
+the store instead.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ LEADER_SLACK_S = 5.0
 
 
 class FirstLook:
+    """The index and the snapshot for Artifacts and Snapshots, from the node's leader."""
+
     def __init__(self, notes: JobNotes, store: Store, prepared: PreparedStore,
                  warmup: Warmup | None, *, leader: bool, wait_s: float) -> None:
         self._notes = notes

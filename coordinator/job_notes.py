@@ -67,7 +67,7 @@ class JobNotes:
         return found
 
     def forget_old(self) -> None:
-        """Notes of past jobs, which nobody reads again (once per node and job)."""
+        """Notes older than an hour: past jobs', which nobody reads again."""
         if self._node is not None:
             self._node.forget_notes(JOB_NOTE, JOB_NOTE_KEPT_S)
 

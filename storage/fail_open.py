@@ -177,7 +177,7 @@ class FailOpenStore:
                 log.warning("store refused %s (%s); publishing nothing more, still loading "
                             "from it", what, exc)
         except DeadlineExceeded as exc:
-            if self._opening.done():
+            if self._opening is not None and self._opening.done():
                 self._unavailable(what, exc)
             else:
                 self._still_opening(self._deadline_s)

@@ -371,6 +371,7 @@ class PreparedStore:
                              self.node_cache)
 
     def with_fingerprint(self, fingerprint: str) -> PreparedStore:
+        """The same store under another fingerprint (storage/warmup.py learns it late)."""
         _check_fingerprint(fingerprint)
         return replace(self, fingerprint=fingerprint)
 
