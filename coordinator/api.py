@@ -18,8 +18,6 @@ from coordinator.artifacts import Artifacts
 from coordinator.config import Config
 from coordinator.errors import ConfigError
 from coordinator.explain import Explainer
-from coordinator.first_look import FirstLook
-from coordinator.job_notes import JobNotes
 from coordinator.kernels import KernelFiles
 from coordinator.single_flight import SingleFlight, connect_job_store
 from coordinator.snapshot import Snapshots, derive_tag
@@ -28,8 +26,6 @@ from coordinator.trace import Trace
 from storage import ArtifactStore, PreparedStore, explain, summary
 from storage.api import Store
 from storage.fail_open import FailOpenStore
-from storage.location import is_remote
-from storage.warmup import Warmup
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +38,10 @@ _active: _Installation | None = None
 class _Installation:
     def __init__(self, config: Config, store: FailOpenStore, flight: SingleFlight,
                  stats: RankStats, snapshots: Snapshots | None, artifacts: Artifacts,
-                 explainer: Explainer, first_look: FirstLook | None,
-                 undo: Callable[[], None]) -> None:
+                 explainer: Explainer, undo: Callable[[], None]) -> None:
         self.config, self.store, self.flight, self.stats = config, store, flight, stats
         self.snapshots, self.artifacts, self.explainer, self._undo = (
             snapshots, artifacts, explainer, undo)
-        self.first_look = first_look
 
     def report(self) -> dict:
         """This rank's summary line and files; on rank 0, the job's summary too."""
@@ -56,9 +50,6 @@ class _Installation:
             self.snapshots.publish()
         self.explainer.drain(EXPLAIN_WAIT_S)
         snap = self.stats.as_dict(flight=self.flight, store=self.store)
-        if self.first_look is not None:  # what the node's process fetched counts as ours
-            for name, count in self.first_look.close().items():
-                snap["store"][name] = snap["store"].get(name, 0) + count
         log.info("%s", RankStats.summary_line(snap))
         stats_file, trace_dir = self.config.stats_file, self.config.trace
         if stats_file:
@@ -121,9 +112,6 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         rank_log.setup(config.log_level)
         topo = topology.this_process()
         rank = topo.rank
-        # A remote store's first look is the node's: opened apart, beside torch's import.
-        apart = bool(config.node_cache_dir) and is_remote(config.cache_url)
-        warmup = _start_warmup(config) if apart and topo.local_rank == 0 else None
         # Timed, to tell work moved before main() from work added: torch, which the script
         # imports first anyway, and Dynamo, which its first compile would import.
         started = time.perf_counter()
@@ -133,21 +121,13 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         with stats.phase("fingerprint"):  # initialises CUDA, as the script would later
             fields = fingerprint.describe()
         fp = fingerprint.fingerprint(fields)
-        try:
-            prepared = _prepare_store(config, fp)
-        except Exception:
-            if warmup is not None:
-                warmup.close()
-            raise
-        # Opened by its first use where the node's first look is apart; else here, and not
-        # left to run beside the script: opening is mostly imports (s3fs, botocore), CPU
-        # under the GIL, and beside the script's start it slowed compiles more than it
-        # saved (README, design notes). A store slow to answer is left opening past this.
+        prepared = _prepare_store(config, fp)
         store = FailOpenStore(config.cache_url, lambda: _open_store(config, prepared, stats),
-                              deadline_s=config.store_timeout_s * 2, lazy=apart,
-                              needed_at_exit=rank == 0)
-        if not apart:
-            store.wait_opened(config.store_timeout_s * 2)
+                              deadline_s=config.store_timeout_s * 2)
+        # Not left to run beside the script: opening is mostly imports (s3fs, botocore),
+        # CPU under the GIL, and beside the script's start it slowed compiles more than it
+        # saved (README, design notes). A store slow to answer is left opening past this.
+        store.wait_opened(config.store_timeout_s * 2)
         with stats.phase("job_store_connect"):
             job_store, how = connect_job_store(config.store_timeout_s, topo)
         tag = config.tag or derive_tag(sys.argv[0] or "python")
@@ -161,14 +141,6 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
             stale_after_s=config.stale_after_s, heartbeat_s=config.heartbeat_s,
             node_dir=config.node_cache_dir,
         )
-        first_look = None
-        if apart:
-            if warmup is not None:
-                warmup.request(fp, tag if config.snapshot else None)
-            first_look = FirstLook(
-                JobNotes(prepared.node_cache, flight.job_token, config.cache_url), store,
-                prepared, warmup, leader=topo.local_rank == 0,
-                wait_s=config.store_timeout_s * 2)
         kernels = KernelFiles()
         entry_names: dict[str, str] = {}
         snapshots = None
@@ -182,14 +154,12 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
                 compile_stack=compile_stack,
                 # (`artifacts` exists before any snapshot is published)
                 name_entries=lambda: artifacts.name_published_twins(),
-                first_look=first_look,
             )
             snapshots.start_prefetch()
         explainer = Explainer(store, stats, fields, fp)
         artifacts = Artifacts(store, flight, kernels, stats, snapshots,
                               ready_wait_s=config.store_timeout_s * 2, entry_names=entry_names,
-                              explainer=explainer, node=prepared.node_cache,
-                              first_look=first_look)
+                              explainer=explainer, node=prepared.node_cache)
         artifacts.start_prefetch()
         # Imported after the prefetch has started: fetching, unpacking and writing the
         # snapshot's files (mostly without the GIL) go on while Dynamo and Inductor import.
@@ -206,7 +176,7 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
         finally:
             compile_stack.set()
         _active = _Installation(config, store, flight, stats, snapshots, artifacts, explainer,
-                                first_look, undo)
+                                undo)
         atexit.register(_at_exit)
         return config
 
@@ -255,12 +225,6 @@ def _others_can_write(store: ArtifactStore) -> bool:
         return bool(os.stat(store.root).st_mode & (stat.S_IWGRP | stat.S_IWOTH))
     except OSError:
         return False
-
-
-def _start_warmup(config: Config) -> Warmup | None:
-    """The node's first look at the store, in a process of its own (storage/warmup.py)."""
-    return Warmup.start(config.cache_url, config.node_cache_dir, config.node_cache_max_bytes,
-                        config.store_timeout_s)
 
 
 def _prepare_store(config: Config, fp: str) -> PreparedStore:

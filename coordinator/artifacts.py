@@ -10,16 +10,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from coordinator import bundle, compat
 from coordinator.background import Background
 from coordinator.explain import Explainer
-from coordinator.first_look import FirstLook
-from coordinator.job_notes import JobNotes
 from coordinator.kernels import KernelFiles
 from coordinator.single_flight import SingleFlight, Waited, WaitResult
 from coordinator.snapshot import Snapshots
@@ -43,6 +44,8 @@ GUARDED_KINDS = frozenset({"fxgraph", "aotautograd"})
 # the same kernel at about the same time, so a second listing would seldom find another
 # rank's result and would cost every rank a store request per kernel on its compile thread.
 INDEX_ONLY_KINDS = frozenset({"autotune", "bundled-autotune"})
+# Listings a node's first process leaves for the others of the job, kept an hour.
+JOB_NOTE, JOB_NOTE_KEPT_S = "job-", 3600.0
 
 
 class Artifacts:
@@ -61,11 +64,9 @@ class Artifacts:
     def __init__(self, store: Store | None, flight: SingleFlight, kernels: KernelFiles,
                  stats: RankStats, snapshots: Snapshots | None = None,
                  ready_wait_s: float = 60.0, entry_names: dict[str, str] | None = None,
-                 explainer: Explainer | None = None, node: NodeCache | None = None,
-                 first_look: FirstLook | None = None) -> None:
+                 explainer: Explainer | None = None, node: NodeCache | None = None) -> None:
         self._store = store
-        self._first_look = first_look  # where the node's first rank lists the index
-        self._notes = JobNotes(node, flight.job_token, store.url if store else "")
+        self._node = node
         self._explainer = explainer
         self._snapshots = snapshots
         self._ready_wait_s = ready_wait_s
@@ -194,10 +195,9 @@ class Artifacts:
 
     def _get(self, kind: str, key: str) -> bytes | None:
         self._await_ready()
-        # A claim promises the waiters a publish: none while the store is not open (a
-        # store opened on first use opens now).
+        # A claim promises the waiters a publish: none while the store is not open.
         if kind not in CLAIMING_KINDS or not self._flight.coordinated \
-                or self._store is None or not self._store.wait_opened(self._ready_wait_s):
+                or self._store is None or not self._store.opened:
             return self._take_fresh(kind, key, relist=kind not in INDEX_ONLY_KINDS
                                     and (kind, key) not in self._relisted)
         if (kind, key) in self._specialised:
@@ -352,21 +352,14 @@ class Artifacts:
             self._index_ready.set()
 
     def _list_once_per_node(self) -> dict[tuple[str, str], list[str]]:
-        """One process of a node lists the store's index for the job (the node's leader,
-        where the first look is apart); the node's others read what it found. Otherwise
-        an empty index (maybe an outage) is not shared: without it the node's every lookup
-        would miss."""
+        """One process of a node lists the store's index for the job; the node's others
+        read what it found (a node of 8 ranks would otherwise list a large store 8 times
+        at once, and 1,000 ranks throttle a bucket)."""
         assert self._store is not None
-        if self._first_look is not None:
-            found = self._first_look.index()
-        else:
-            store = self._store
-            listed = self._notes.once("", lambda: [
-                [kind, key, digests] for (kind, key), digests in store.list_index().items()],
-                share_empty=False)
-            found = {(kind, key): digests for kind, key, digests in listed}
-        self._notes.forget_old()
-        return found
+        store = self._store
+        found = self._once_per_node("", lambda: [
+            [kind, key, digests] for (kind, key), digests in store.list_index().items()])
+        return {(kind, key): digests for kind, key, digests in found}
 
     def _relist(self, kind: str, key: str) -> None:
         """List one key's variants, once per node and job (the node's others read it)."""
@@ -374,10 +367,35 @@ class Artifacts:
             return
         store = self._store
         with self._stats.phase("key_listing"):
-            digests = self._notes.once(f"{kind}\0{key}", lambda: store.list_variants(kind, key))
+            digests = self._once_per_node(f"{kind}\0{key}",
+                                          lambda: store.list_variants(kind, key))
         with self._lock:
             self._listed[(kind, key)] = digests
             self._relisted.add((kind, key))
+
+    def _once_per_node(self, what: str, listing: Callable[[], list[Any]]) -> list[Any]:
+        """`listing()` run by one process of the node for the job (`what`: "" for the
+        index, else a key), the others reading the note it left. An empty index (maybe an
+        outage) is not shared: without it the node's every lookup would miss."""
+        assert self._store is not None
+        node = self._node
+        token = self._flight.job_token() if node is not None else None
+        if node is None or token is None:
+            return listing()
+        note = JOB_NOTE + hashlib.sha256(f"{token}\0{self._store.url}\0{what}".encode()
+                                         ).hexdigest()
+        label = what.replace("\0", " ") or "the index"  # what names: "" or "<kind>\0<key>"
+        with node.lock(note, f"the listing of {label}"):
+            with contextlib.suppress(ValueError):  # a damaged note: list again
+                if (found := node.note(note)) is not None and isinstance(
+                        listed := json.loads(found), list):
+                    return listed
+            listed = listing()
+            if listed or what:
+                node.leave_note(note, json.dumps(listed).encode())
+            if not what:  # once per node and job
+                node.forget_notes(JOB_NOTE, JOB_NOTE_KEPT_S)
+            return listed
 
     def _get_object(self, digest: str) -> bytes | None:
         if self._store is None:

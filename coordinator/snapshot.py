@@ -19,7 +19,6 @@ import zlib
 from collections.abc import Callable
 
 from coordinator import bundle
-from coordinator.first_look import FirstLook
 from coordinator.kernels import KernelFiles
 from coordinator.stats import RankStats
 from storage import sealed
@@ -107,10 +106,8 @@ class Snapshots:
                  quiet_s: float, compiled_count: Callable[[], int], stats: RankStats,
                  entry_names: dict[str, str], node: NodeCache | None = None,
                  compile_stack: threading.Event | None = None,
-                 name_entries: Callable[[], None] | None = None,
-                 first_look: FirstLook | None = None) -> None:
+                 name_entries: Callable[[], None] | None = None) -> None:
         self._store = store
-        self._first_look = first_look  # where the node's first rank finds the snapshot
         self._name_entries = name_entries  # fills `entry_names` in before a publish
         # Set once the installing thread has imported Dynamo and Inductor (None: already
         # imported). The Mega-Cache load imports them too, and the same modules imported
@@ -195,9 +192,7 @@ class Snapshots:
     def _prefetch(self) -> None:
         try:
             with self._stats.phase("snapshot_fetch"):
-                look = self._first_look
-                blob = (look.snapshot(self._tag) if look is not None
-                        else self._store.get_snapshot(self._tag))
+                blob = self._store.get_snapshot(self._tag)
             if blob is None:
                 log.debug("no snapshot %r yet", self._tag)
                 return

@@ -14,8 +14,7 @@ class Store(Protocol):
 
     Lookups name variants by digest, newest first; `get_object` returns a verified payload
     or None. `read_only` turns true once the store has refused a write; `opened` is false
-    while a store is still being opened in the background, or could not be; `wait_opened`
-    waits for that (and opens a store that waits for its first use).
+    while a store is still being opened in the background, or could not be.
     """
 
     url: str
@@ -26,8 +25,6 @@ class Store(Protocol):
 
     @property
     def read_only(self) -> bool: ...
-
-    def wait_opened(self, timeout_s: float) -> bool: ...
 
     def list_index(self) -> dict[tuple[str, str], list[str]]: ...
 

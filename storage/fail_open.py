@@ -9,17 +9,17 @@ skipped. A refused write makes the store read-only: reads go on, writes stop.
 
 The store is opened on that thread too, within the same deadline for whoever waits for it:
 a store that is slow to answer delays no one past it, and calls made meanwhile miss. An
-opener that returns None leaves the store off: every call misses, silently. A lazy store
-is opened by its first call, for processes that may never need it.
+opener that returns None leaves the store off: every call misses, silently.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as DeadlineExceeded
 from typing import Any, TypeVar
 
@@ -37,11 +37,7 @@ class FailOpenStore:
     store error."""
 
     def __init__(self, url: str, opener: Callable[[], Store | None], *, deadline_s: float,
-                 retry_after_s: float = 60.0, lazy: bool = False,
-                 needed_at_exit: bool = False) -> None:
-        """`lazy`: opened by the first call (or `wait_opened`), not now; `needed_at_exit`:
-        a lazy store not opened yet is opened as the interpreter exits, while it still can
-        start threads (for what `atexit` handlers write)."""
+                 retry_after_s: float = 60.0) -> None:
         self._deadline_s = deadline_s
         self._retry_after_s = retry_after_s
         self._down_until = 0.0
@@ -51,11 +47,7 @@ class FailOpenStore:
         self.url = url
         self.failures = 0
         self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pt2cc-store")
-        self._opener = opener
-        self._opening: Future[Store | None] | None = None
-        self._needed_at_exit = needed_at_exit
-        if not lazy:
-            self._start_opening()
+        self._opening = self._io.submit(self._open, opener)  # first: never queued behind calls
         # Python stops its thread pools (asyncio's among them: s3fs resolves hosts there)
         # before atexit handlers run; a script shorter than the open must not fail it.
         threading._register_atexit(self._finish_opening)  # type: ignore[attr-defined]
@@ -123,49 +115,33 @@ class FailOpenStore:
             return None
 
     def wait_opened(self, timeout_s: float) -> bool:
-        """Wait up to `timeout_s` for the open to end (starting a lazy one); whether the
-        store is open. Once a wait has run out, later ones do not wait."""
-        opening = self._start_opening()
-        if not self._late:
-            try:
-                opening.result(timeout=timeout_s)
-            except DeadlineExceeded:
-                self._still_opening(timeout_s)
+        """Wait up to `timeout_s` for the open to end; whether the store is open."""
+        with contextlib.suppress(DeadlineExceeded):
+            self._opening.result(timeout=timeout_s)
         return self.opened
 
-    def _start_opening(self) -> Future[Store | None]:
-        with self._lock:
-            if self._opening is None:  # first on the pool: never queued behind calls
-                self._opening = self._io.submit(self._open, self._opener)
-            return self._opening
-
     def _finish_opening(self) -> None:
-        if self._opening is not None or self._needed_at_exit:
-            self.wait_opened(self._deadline_s)
+        self.wait_opened(self._deadline_s)
 
     def _opened(self) -> Store | None:
-        opening = self._opening
-        return opening.result() if opening is not None and opening.done() else None
+        return self._opening.result() if self._opening.done() else None
 
     def _write(self, what: str, method: str, *args: object) -> Any:
         return None if self.read_only else self._call(what, None, method, *args)
 
-    def _run(self, opening: Future[Store | None], method: str, *args: object) -> object:
+    def _run(self, method: str, *args: object) -> object:
         """On the store's thread: wait for the open, then call the store."""
-        store = opening.result()
+        store = self._opening.result()
         return _OFF if store is None else getattr(store, method)(*args)
 
     def _call(self, what: str, missing: T, method: str, *args: object) -> T:
-        if self.down or (self._late and not (self._opening and self._opening.done())):
+        if self.down or (self._late and not self._opening.done()):
             return missing
         try:
             try:
-                opening = self._start_opening()
-                future = self._io.submit(self._run, opening, method, *args)
+                future = self._io.submit(self._run, method, *args)
             except RuntimeError:  # the interpreter is exiting (atexit): no new threads
-                opening = self._opening
-                result = (self._run(opening, method, *args)
-                          if opening is not None and opening.done() else _OFF)
+                result = self._run(method, *args) if self._opening.done() else _OFF
             else:
                 result = future.result(timeout=self._deadline_s)
             return missing if result is _OFF else result  # type: ignore[return-value]
@@ -177,22 +153,17 @@ class FailOpenStore:
                 log.warning("store refused %s (%s); publishing nothing more, still loading "
                             "from it", what, exc)
         except DeadlineExceeded as exc:
-            if self._opening is not None and self._opening.done():
+            if self._opening.done():
                 self._unavailable(what, exc)
-            else:
-                self._still_opening(self._deadline_s)
+            elif not self._late:
+                # Calls miss without waiting until it has opened; the opener says how the
+                # open ends (a warning if it fails).
+                self._late = True
+                log.info("store %s still opening after %.0f s; compiling locally until it "
+                         "has", self.url, self._deadline_s)
         except StoreUnavailable as exc:
             self._unavailable(what, exc)
         return missing
-
-    def _still_opening(self, waited_s: float) -> None:
-        """Calls miss without waiting until it has opened; the opener says how the open
-        ends (a warning if it fails)."""
-        with self._lock:
-            first, self._late = not self._late, True
-        if first:
-            log.info("store %s still opening after %.0f s; compiling locally until it has",
-                     self.url, waited_s)
 
     def _unavailable(self, what: str, exc: Exception) -> None:
         self._failed()

@@ -104,12 +104,6 @@ def _remote_protocols(url: str) -> list[str]:
     return [p for p in protocols if p not in ("file", "local")]
 
 
-def is_remote(url: str) -> bool:
-    """Whether `url` names a store that opening costs a backend's import and the network,
-    and that another process sees as this one does (not memory://)."""
-    return any(p != "memory" for p in _remote_protocols(url))
-
-
 def backend_packages(url: str) -> list[str]:
     """The packages of the fsspec backends `url` names that are not imported yet."""
     return [_package(known_implementations[p]) for p in _remote_protocols(url)

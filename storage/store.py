@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import fsspec
@@ -85,9 +85,6 @@ class ArtifactStore:
     @property
     def opened(self) -> bool:
         """Always: this store is opened before it exists (FailOpenStore's may not be yet)."""
-        return True
-
-    def wait_opened(self, timeout_s: float) -> bool:
         return True
 
     @property
@@ -211,9 +208,17 @@ class ArtifactStore:
 
     def _from_node_cache(self, digest: str) -> bytes | None:
         assert self.node_cache is not None
-        payload = verified_on_node(self.node_cache, digest, self._key)
-        if payload is not None:
-            self._count(node_cache_hits=1)
+        blob = self.node_cache.get(digest)
+        if blob is None:
+            return None
+        try:
+            payload = sealed.decode(blob, digest, self._key)
+        except IntegrityError as e:
+            log.warning("node cache copy of %s failed verification (%s); fetching again",
+                        digest, e)
+            self.node_cache.discard(digest)
+            return None
+        self._count(node_cache_hits=1)
         return payload
 
     def _load_verified(self, digest: str) -> bytes:
@@ -354,55 +359,15 @@ class PreparedStore:
     retrier: Retrier
     node_cache: NodeCache | None
 
-    def connect(self) -> tuple[fsspec.AbstractFileSystem, str]:
-        """What opening costs before the fingerprint matters: the backend's import and
-        the first request. Raises as `open` does."""
+    def open(self) -> ArtifactStore:
+        """Raises StoreConfigError for what only the store can tell (a missing bucket,
+        refused credentials) and StoreUnavailable when it does not answer."""
         with bytecode.kept_under(self.node_cache.bytecode_dir if self.node_cache else None,
                                  backend_packages(self.url)):
             import_backends(self.url)
-        return resolve(self.url, self.storage_options, self.retrier)
-
-    def open(self, connected: tuple[fsspec.AbstractFileSystem, str] | None = None
-             ) -> ArtifactStore:
-        """Raises StoreConfigError for what only the store can tell (a missing bucket,
-        refused credentials) and StoreUnavailable when it does not answer."""
-        fs, root = connected if connected is not None else self.connect()
+        fs, root = resolve(self.url, self.storage_options, self.retrier)
         return ArtifactStore(self.url, fs, root, self.fingerprint, self.key, self.retrier,
                              self.node_cache)
-
-    def with_fingerprint(self, fingerprint: str) -> PreparedStore:
-        """The same store under another fingerprint (storage/warmup.py learns it late)."""
-        _check_fingerprint(fingerprint)
-        return replace(self, fingerprint=fingerprint)
-
-    def read_on_node(self, digest: str) -> bytes | None:
-        """An object's verified payload from the node cache alone (no store request)."""
-        if self.node_cache is None:
-            return None
-        return verified_on_node(self.node_cache, digest, self.key)
-
-
-def verified_on_node(node_cache: NodeCache, digest: str, key: bytes | None) -> bytes | None:
-    """The node cache's copy of `digest`, verified as a fetched object is; a copy that fails
-    verification is dropped, so that it is fetched again."""
-    blob = node_cache.get(digest)
-    if blob is None:
-        return None
-    try:
-        return sealed.decode(blob, digest, key)
-    except IntegrityError as e:
-        log.warning("node cache copy of %s failed verification (%s); fetching again",
-                    digest, e)
-        node_cache.discard(digest)
-        return None
-
-
-def _check_fingerprint(fingerprint: str) -> None:
-    if not is_fingerprint(fingerprint):
-        raise StoreConfigError(
-            f"fingerprint {fingerprint!r} is not a plain path segment; use letters, digits, "
-            "'.', '_', '+' and '-' (not starting with '.')"
-        )
 
 
 def prepare_store(url: str, *, fingerprint: str,
@@ -412,7 +377,11 @@ def prepare_store(url: str, *, fingerprint: str,
                   timeout_s: float = 30.0) -> PreparedStore:
     """Check everything about opening `url` that needs neither the network nor the
     backend's import; raises StoreConfigError naming the problem and the fix."""
-    _check_fingerprint(fingerprint)
+    if not is_fingerprint(fingerprint):
+        raise StoreConfigError(
+            f"fingerprint {fingerprint!r} is not a plain path segment; use letters, digits, "
+            "'.', '_', '+' and '-' (not starting with '.')"
+        )
     if retries < 1 or timeout_s <= 0:
         raise StoreConfigError("retries must be >= 1 and timeout_s > 0")
     key = load_signing_key(signing_key)

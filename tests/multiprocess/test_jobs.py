@@ -199,10 +199,6 @@ def test_cold_then_warm_on_s3(s3_bucket: str, tmp_path: Path) -> None:
     assert keys and cold.total("fxgraph_cache_miss") == len(keys), cold.stats
     for stats in warm.stats:
         assert stats["fxgraph_cache_miss"] == 0, stats
-    # The node's first look at the store was apart (storage/warmup.py): the snapshot came
-    # down once, and rank 1 asked the store nothing (rank 0 only records the use at exit).
-    assert [s["store"]["gets"] for s in warm.stats] == [1, 0], warm.stats
-    assert [s["store"]["fetches"] for s in warm.stats] == [1, 0], warm.stats
     for got, want in zip(warm.outs, cold.outs, strict=True):
         assert got["losses"] == pytest.approx(want["losses"], rel=1e-5, abs=1e-6)
 

@@ -103,19 +103,3 @@ def test_an_open_slower_than_the_deadline_is_missed_around_not_waited_for(tmp_pa
     go.set()
     store._opening.result(5)
     assert store.list_variants("fx", "k") == [digest]  # usable once it has opened
-
-
-def test_a_lazy_store_opens_on_first_use(tmp_path):
-    """A rank that may never need the store (the node's first look is apart) opens it when
-    it first does: a call, or a claim's wait for it."""
-    inner = open_store(str(tmp_path), fingerprint=FP)
-    opens = []
-    store = FailOpenStore(inner.url, lambda: opens.append(1) or inner, deadline_s=5,
-                          lazy=True)
-    time.sleep(0.2)
-    assert not opens and not store.opened
-    assert store.get_snapshot("tag") is None
-    assert opens == [1] and store.opened
-    waited = FailOpenStore(inner.url, lambda: opens.append(2) or inner, deadline_s=5,
-                           lazy=True)
-    assert waited.wait_opened(5) and opens == [1, 2]
