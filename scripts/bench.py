@@ -258,6 +258,10 @@ def run_rows(args: argparse.Namespace, work: Path, servers: Servers) -> dict[str
                       "--tag", "train", *shlex.split(args.ours_args), TRAIN]
             if getattr(args, "trace_dir", None):  # the job's timeline, kept past the work dir
                 target[-1:-1] = ["--trace", str(Path(args.trace_dir) / name)]
+        # What earlier jobs left to write back (on CPU, 150 MB precompiled headers) goes to
+        # disk before this job starts: behind it, the job's own writes were throttled (a
+        # 150 MB write took 0.03-1.1 s on cpu2), whichever side ran after a heavy row.
+        os.sync()
         res = run_job(args, name, work, node, target, env, timeout)
         if redis_before is not None:
             info = redis_before.info("stats")
