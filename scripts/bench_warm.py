@@ -9,7 +9,8 @@ listing, snapshot fetch/decompress/placing/Mega-Cache load, object fetches, wait
 the prefetch) and PyTorch's (`dynamo_timed` phases, summed per rank), each averaged over
 ranks and repeats. `--warm-repeat K` runs a repeat's warm rows K times after its cold
 rows (ours on a fresh node each time), each round one more sample of the warm ratio for
-the time of three warm jobs. Writes docs/results/warm-<machine>.json and .md.
+the time of its warm jobs (warm-local and one per store). Writes
+docs/results/warm-<machine>.json and .md.
 
     .venv/bin/python scripts/bench_warm.py [--repeat 3] [--stores file,s3] [--train-args "..."]
 """
