@@ -38,8 +38,12 @@ def test_store_unreachable_at_start(tmp_path: Path) -> None:
     assert sorted(r for r, _ in warned) == [0, 1], warned  # one line per rank, no more
     assert all("s3://bucket/cache is unavailable" in text and "compiles for itself" in text
                for _, text in warned), warned
+    # Each rank compiled for itself, with no claim and no wait; a rank that looked later
+    # may hit what the other wrote into the node's local cache (PyTorch's own, shared).
     for stats in job.stats:
-        assert stats["fxgraph_cache_miss"] == 1 and stats["waits"] == 0, stats
+        assert stats["waits"] == 0 and stats["claimed"] == 0, stats
+        assert stats["fxgraph_cache_miss"] + stats["autograd_cache_hit"] == 1, stats
+    assert job.total("fxgraph_cache_miss") >= 1, job.stats
     assert "Traceback" not in job.output
     assert time.monotonic() - t0 < 150
 
