@@ -9,11 +9,14 @@ the header is data, and the payload is verified by the store before use.
 
 from __future__ import annotations
 
+import io
 import json
 import struct
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, NamedTuple
 
 MAGIC = b"PT2CCE1\n"
+CHUNK = 1 << 20
 
 
 class BundleError(ValueError):
@@ -38,24 +41,77 @@ def pack(payload: bytes, files: dict[str, bytes] | None = None,
 
 
 def unpack(blob: bytes) -> Contents:
-    if not blob.startswith(MAGIC):
-        raise BundleError("not a pt2cc bundle")
-    try:
-        (hlen,) = struct.unpack_from(">I", blob, len(MAGIC))
-        start = len(MAGIC) + 4
-        header = json.loads(blob[start : start + hlen])
-        pos = start + hlen
-        payload = blob[pos : pos + header["payload"]]
-        pos += header["payload"]
-        files = {}
-        for name, size in header["files"]:
-            files[name] = blob[pos : pos + size]
-            pos += size
-        meta = header.get("meta", {})
-        if not isinstance(meta, dict):
-            raise TypeError("meta is not a mapping")
-    except (struct.error, ValueError, KeyError, TypeError) as exc:
-        raise BundleError(f"damaged bundle: {exc}") from None
-    if pos != len(blob) or len(payload) != header["payload"]:
-        raise BundleError("bundle length mismatch")
-    return Contents(payload, files, meta)
+    reader = Reader(io.BytesIO(blob))
+    files = {name: body.read() for name, body in reader.files()}
+    reader.check_end()
+    return Contents(reader.payload, files, reader.meta)
+
+
+class Reader:
+    """A bundle read from a stream in order, so that a large one (a snapshot) goes from its
+    decompressor to its files a chunk at a time, never whole in memory.
+
+    `payload` and `meta` are read at once; `files()` yields each file's name and its
+    `Body`, valid until the next file (what is left unread is skipped); `check_end()`
+    then says the stream held nothing more.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        if self._read(len(MAGIC)) != MAGIC:
+            raise BundleError("not a pt2cc bundle")
+        try:
+            (hlen,) = struct.unpack(">I", self._read(4))
+            header = json.loads(self._read(hlen))
+            self._sizes = [(str(name), int(size)) for name, size in header["files"]]
+            self.meta = header.get("meta", {})
+            if not isinstance(self.meta, dict):
+                raise TypeError("meta is not a mapping")
+            self.payload = self._read(int(header["payload"]))
+        except (struct.error, ValueError, KeyError, TypeError) as exc:
+            raise BundleError(f"damaged bundle: {exc}") from None
+
+    def files(self) -> Iterator[tuple[str, Body]]:
+        for name, size in self._sizes:
+            body = Body(self._read, size)
+            yield name, body
+            body.copy_to(None)
+
+    def check_end(self) -> None:
+        if self._stream.read(1):
+            raise BundleError("bundle length mismatch")
+
+    def _read(self, n: int) -> bytes:
+        """Exactly n bytes (a decompressor's stream may return fewer per call)."""
+        parts, left = [], n
+        while left > 0:
+            chunk = self._stream.read(min(left, CHUNK))
+            if not chunk:
+                raise BundleError("bundle length mismatch")
+            parts.append(chunk)
+            left -= len(chunk)
+        return b"".join(parts)
+
+
+class Body:
+    """One file's bytes inside a bundle being read: read whole, or copied chunk by chunk."""
+
+    def __init__(self, read_exact: Callable[[int], bytes], size: int) -> None:
+        self._read_exact, self._left = read_exact, size
+
+    @classmethod
+    def of(cls, data: bytes) -> Body:
+        return cls(io.BytesIO(data).read, len(data))
+
+    def read(self) -> bytes:
+        data = self._read_exact(self._left)
+        self._left = 0
+        return data
+
+    def copy_to(self, sink: BinaryIO | None) -> None:
+        """The rest of this file into `sink` (None: skipped), one chunk in memory at a time."""
+        while self._left:
+            chunk = self._read_exact(min(self._left, CHUNK))
+            self._left -= len(chunk)
+            if sink is not None:
+                sink.write(chunk)

@@ -26,8 +26,8 @@ import os
 import threading
 from collections.abc import Iterable
 
-from coordinator import compat
-from storage.atomic import write_file
+from coordinator import bundle, compat
+from storage.atomic import atomic_writer, write_file
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +63,24 @@ class KernelFiles:
 
     def place(self, files: dict[str, bytes]) -> int:
         """Write received files that are not here yet (atomically); returns how many."""
-        placed = 0
-        for name, data in files.items():
+        return self.place_from((name, bundle.Body.of(data)) for name, data in files.items())
+
+    def place_from(self, files: Iterable[tuple[str, bundle.Body]]) -> int:
+        """`place` for files read from a stream (a snapshot's), each copied a chunk at a time."""
+        placed, names = 0, []
+        for name, body in files:
+            names.append(name)
             path = self._path(name)
             if path is None or os.path.exists(path):
                 continue
             if name.startswith(TRITON_PREFIX) and os.path.basename(path).startswith("__grp__"):
-                data = _rebase_group(data, os.path.dirname(path))
-            write_file(path, data)
+                write_file(path, _rebase_group(body.read(), os.path.dirname(path)))
+            else:
+                with atomic_writer(path) as f:
+                    body.copy_to(f)
             placed += 1
         with self._lock:
-            self._known |= {n for n in files if not n.startswith(PCH_PREFIX)}
+            self._known |= {n for n in names if not n.startswith(PCH_PREFIX)}
         return placed
 
     def _path(self, name: str) -> str | None:

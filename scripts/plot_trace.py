@@ -21,7 +21,6 @@ GROUPS = {
     "object_fetch": "loading from the store",
     "place_kernels": "loading from the store",
     "snapshot_fetch": "snapshot",
-    "snapshot_decompress": "snapshot",
     "snapshot_place_files": "snapshot",
     "snapshot_load_megacache": "snapshot",
     "snapshot_publish": "publishing",

@@ -5,10 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
+from typing import BinaryIO
 
 
-def write_file(path: str | os.PathLike[str], data: bytes) -> None:
-    """Readers see the old file, the new one, or none; never a partial one.
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A file to write into; readers see the old file, the new one, or none, never a
+    partial one. What the block writes appears at `path` only if the block succeeds.
 
     Dot-prefixed temp names: PyTorch's cache readers and our listings skip them.
     """
@@ -17,9 +21,15 @@ def write_file(path: str | os.PathLike[str], data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_file(path: str | os.PathLike[str], data: bytes) -> None:
+    """`data` at `path`, atomically (see `atomic_writer`)."""
+    with atomic_writer(path) as f:
+        f.write(data)

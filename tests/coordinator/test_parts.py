@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -103,8 +104,38 @@ def test_triton_kernels_travel_with_the_graph_and_their_groups_point_home(tmp_pa
 def test_snapshot_compression_reads_earlier_zlib_snapshots() -> None:
     import zlib
 
-    from coordinator.snapshot import compress, decompress
+    from coordinator.snapshot import compress, open_decompressed
 
     data = b"precompiled header " * 1000
-    assert compress(data).startswith(b"\x28\xb5\x2f\xfd") and decompress(compress(data)) == data
-    assert decompress(zlib.compress(data, 1)) == data
+    assert compress(data).startswith(b"\x28\xb5\x2f\xfd")
+    with open_decompressed(compress(data)) as stream:
+        assert stream.read() == data
+    assert open_decompressed(zlib.compress(data, 1)).read() == data
+
+
+def test_snapshot_streams_its_files_to_disk(tmp_path: Path) -> None:
+    """A file larger than the reader's chunk goes to disk whole; what exists is skipped, the
+    rest still read in order; a truncated stream is a damaged bundle."""
+    from coordinator.snapshot import compress, open_decompressed
+
+    big = os.urandom(3 * bundle.CHUNK + 5)
+    blob = compress(bundle.pack(b"mega", {"xy/k.so": b"lib", "pch/h.h.gch": big,
+                                          "zz/l.so": b"last"}, {"entries": {}}))
+    (tmp_path / "a" / "xy").mkdir(parents=True)
+    (tmp_path / "a" / "xy" / "k.so").write_bytes(b"already here")
+    kernels = KernelFiles(str(tmp_path / "a"), str(tmp_path / "pch"), str(tmp_path / "tr"))
+    with open_decompressed(blob) as stream:
+        reader = bundle.Reader(stream)
+        assert reader.payload == b"mega" and reader.meta == {"entries": {}}
+        assert kernels.place_from(reader.files()) == 2
+        reader.check_end()
+    assert (tmp_path / "pch" / "h.h.gch").read_bytes() == big
+    assert (tmp_path / "a" / "xy" / "k.so").read_bytes() == b"already here"
+    assert (tmp_path / "a" / "zz" / "l.so").read_bytes() == b"last"
+    raw = bundle.pack(b"mega", {"pch/h.h.gch": big})
+    with pytest.raises(bundle.BundleError, match="length mismatch"):
+        reader = bundle.Reader(io.BytesIO(raw[:-7]))
+        KernelFiles(str(tmp_path / "b"), str(tmp_path / "pch-b"), "").place_from(reader.files())
+    assert not (tmp_path / "pch-b" / "h.h.gch").exists()  # nothing partial left in place
+
+

@@ -71,7 +71,7 @@ def test_warm_job_on_fresh_node_compiles_nothing(train: dict) -> None:
     assert jobs.kernels_built(train["cxx"]) == []
     assert_same_losses(warm, train["baseline"])
     # The cold job's rank 0 published a snapshot at exit; one rank of this node unpacked it.
-    assert sum("snapshot_decompress" in s["phases"] for s in warm.stats) == 1, warm.stats
+    assert sum("snapshot_place_files" in s["phases"] for s in warm.stats) == 1, warm.stats
     # It named every stored entry the node then had, the AOTAutograd entry rank 1 published
     # too (rank 0 built its own): nothing fetched one by one, so no new snapshot.
     for stats in warm.stats:
