@@ -171,7 +171,7 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
             from coordinator import hooks
 
             with stats.phase("hooks_install"):  # imports Inductor, as the first compile would
-                undo = hooks.install(artifacts, explainer,
+                undo = hooks.install(artifacts, explainer, kernels=kernels,
                                      ddp_graph_split=config.ddp_graph_split)
         finally:
             compile_stack.set()

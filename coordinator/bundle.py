@@ -71,6 +71,10 @@ class Reader:
         except (struct.error, ValueError, KeyError, TypeError) as exc:
             raise BundleError(f"damaged bundle: {exc}") from None
 
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self._sizes]
+
     def files(self) -> Iterator[tuple[str, Body]]:
         for name, size in self._sizes:
             body = Body(self._read, size)

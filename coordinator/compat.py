@@ -353,6 +353,26 @@ def cpp_kernel_suffixes() -> tuple[str, ...]:
     return (".so",) if os.name != "nt" else (".pyd", ".dll")
 
 
+def watch_precompiled_headers(on_header: Callable[[str], None]) -> Callable[[], None]:
+    """Call `on_header` with each precompiled header Inductor uses, built or found
+    (`codecache._precompile_header`, which returns the header beside its build). Missing:
+    not watched (snapshots then carry only headers built since the job started, or
+    received). Returns the undo."""
+    codecache = importlib.import_module("torch._inductor.codecache")
+    precompile = getattr(codecache, "_precompile_header", None)
+    if not callable(precompile):
+        log.debug("torch %s: no codecache._precompile_header to watch", torch_version())
+        return lambda: None
+
+    def _precompile_header(*args: Any, **kwargs: Any) -> str:
+        header = precompile(*args, **kwargs)
+        on_header(header)
+        return header
+
+    codecache._precompile_header = _precompile_header
+    return lambda: setattr(codecache, "_precompile_header", precompile)
+
+
 # Key components: PyTorch hashes each attribute of its cache-key details on its own and
 # prints "[<hash>] <name>: <value>" per attribute (FxGraphCachePickler.debug_lines).
 KeyComponents = dict[str, list[str]]  # name -> [hash, value cut to COMPONENT_VALUE_CHARS]

@@ -3,7 +3,8 @@
 Two private integration points (see compat.py): each remote cache class's backend
 override, whose backend sees every remote lookup and publish of its kind, and the
 generator of candidates PyTorch evaluates guards on, wrapped so that every stored variant
-of a key sits in PyTorch's local cache dir before the guards are evaluated.
+of a key sits in PyTorch's local cache dir before the guards are evaluated. And a watch on
+the precompiled headers Inductor uses, for what snapshots carry.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from typing import Any
 from coordinator import compat
 from coordinator.artifacts import GUARDED_KINDS, Artifacts
 from coordinator.explain import Explainer
+from coordinator.kernels import KernelFiles
 
 
 def install(artifacts: Artifacts, explainer: Explainer | None = None, *,
+            kernels: KernelFiles | None = None,
             ddp_graph_split: bool = True) -> Callable[[], None]:
     """Hook PyTorch; returns a function that undoes every change."""
 
@@ -52,6 +55,8 @@ def install(artifacts: Artifacts, explainer: Explainer | None = None, *,
                 artifacts.note_specialised(kind, remote)
 
     undo.append(compat.wrap_candidates(candidates))
+    if kernels is not None:  # which of the shared headers a snapshot carries
+        undo.append(compat.watch_precompiled_headers(kernels.note_header_used))
     if explainer is not None:  # every key PyTorch computes reaches it with its components
         undo.append(compat.capture_key_components(explainer.computed, explainer.wants_lines))
     previous_configs = compat.enable_caches()

@@ -36,7 +36,15 @@ TRITON_PREFIX = "triton/"
 
 
 class KernelFiles:
-    """Finds new kernel libraries to publish and places received ones where Inductor looks."""
+    """Finds new kernel libraries to publish and places received ones where Inductor looks.
+
+    A snapshot carries every kernel library here, but not every precompiled header or
+    Triton file: their default dirs are per user (`/tmp/torchinductor_<user>`), shared by
+    every project and Python environment on the machine, with a header of ~150 MB per
+    environment and Triton kernels of every project. Of those it carries what appeared
+    since the job started, the headers its Inductor used (`note_header_used`: a node warm
+    from earlier runs has them already) and what it received from the store.
+    """
 
     def __init__(self, root: str | None = None, header_dir: str | None = None,
                  triton_dir: str | None = None) -> None:
@@ -44,7 +52,10 @@ class KernelFiles:
         self._header_dir = header_dir or compat.precompiled_header_dir()
         self._triton_dir = triton_dir or compat.triton_cache_root()
         self._lock = threading.Lock()
-        self._known = set(self._scan_carried())
+        triton = self._scan_triton()
+        self._before = {*self._scan_headers(), *triton}
+        self._known = {*self._scan_libraries(), *triton}
+        self._kept: set[str] = set()  # of `_before`, the headers and Triton files still ours
 
     def dirs(self) -> tuple[str, str, str]:
         """Where received files go: Inductor's cache, its headers, Triton's cache."""
@@ -57,9 +68,25 @@ class KernelFiles:
             new, self._known = current - self._known, self._known | current
         return self._read(new)
 
-    def all_files(self) -> dict[str, bytes]:
-        """Every library, precompiled header and Triton kernel here (for snapshots)."""
-        return self._read([*self._scan_libraries(), *self._scan_headers(), *self._scan_triton()])
+    def snapshot_files(self) -> dict[str, bytes]:
+        """What a snapshot carries (see the class)."""
+        with self._lock:
+            kept = set(self._kept)
+        shared = [*self._scan_headers(), *self._scan_triton()]
+        return self._read([*self._scan_libraries(),
+                           *(n for n in shared if n not in self._before or n in kept)])
+
+    def note_header_used(self, header: str) -> None:
+        """Inductor used this precompiled header (`<name>.h`, built as `<name>.h.gch`)."""
+        directory, base = os.path.split(os.path.abspath(header))
+        if directory == os.path.abspath(self._header_dir):
+            with self._lock:
+                self._kept.update(PCH_PREFIX + base + ext for ext in ("", ".gch", ".pch"))
+
+    def note_received(self, names: Iterable[str]) -> None:
+        """Files of a snapshot or entry placed on this node (here or by another rank)."""
+        with self._lock:
+            self._kept.update(names)
 
     def place(self, files: dict[str, bytes]) -> int:
         """Write received files that are not here yet (atomically); returns how many."""
@@ -81,6 +108,7 @@ class KernelFiles:
             placed += 1
         with self._lock:
             self._known |= {n for n in names if not n.startswith(PCH_PREFIX)}
+        self.note_received(names)
         return placed
 
     def _path(self, name: str) -> str | None:
@@ -109,6 +137,7 @@ class KernelFiles:
 
     def _scan_carried(self) -> list[str]:
         return [*self._scan_libraries(), *self._scan_triton()]
+
 
     def _scan_libraries(self) -> list[str]:
         suffixes = compat.cpp_kernel_suffixes()

@@ -174,7 +174,7 @@ class Snapshots:
         if self._name_entries is not None:
             self._name_entries()
         manifest = {"entries": dict(self._entry_names)}
-        blob = compress(bundle.pack(payload, self._kernels.all_files(), manifest))
+        blob = compress(bundle.pack(payload, self._kernels.snapshot_files(), manifest))
         if len(blob) > MAX_SNAPSHOT_BYTES:
             log.warning("snapshot %r would be %d bytes; not publishing it", self._tag,
                         len(blob))
@@ -211,6 +211,8 @@ class Snapshots:
                 done = node.note(note)
                 if done is not None:
                     self._entry_names.update(json.loads(done))
+                    with open_decompressed(blob) as stream:  # its header, not its files
+                        self._kernels.note_received(bundle.Reader(stream).names)
                     log.info("snapshot %r already placed on this node", self._tag)
                     return
                 entries = self._place(blob)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -94,7 +95,9 @@ def test_remote_key_matches_what_the_backend_sees(tmp_path, monkeypatch) -> None
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # a miss: get and put run
     recorder = Recorder()
-    undo = hooks.install(recorder)  # type: ignore[arg-type]
+    headers: list[str] = []
+    used = SimpleNamespace(note_header_used=headers.append)
+    undo = hooks.install(recorder, kernels=used)  # type: ignore[arg-type]
     try:
         torch._dynamo.reset()
         torch.compile(lambda x: x.sin() + 1)(torch.ones(3))
@@ -104,6 +107,9 @@ def test_remote_key_matches_what_the_backend_sees(tmp_path, monkeypatch) -> None
     keys = {event: {k for e, kind, k in recorder.calls if e == event and kind == "fxgraph"}
             for event in ("offer", "get", "put")}
     assert keys["offer"] and keys["offer"] == keys["get"] == keys["put"], recorder.calls
+    # The header watch saw the precompiled header Inductor used (built or found).
+    assert headers and all(os.path.dirname(h) == compat.precompiled_header_dir()
+                           and os.path.exists(h + ".gch") for h in headers), headers
 
 
 def test_each_install_sees_aotautograd_lookups(tmp_path, monkeypatch) -> None:

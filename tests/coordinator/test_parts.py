@@ -76,10 +76,33 @@ def test_kernel_files_take_new_and_place(tmp_path: Path) -> None:
     assert (dst / "xy" / "new.so").read_bytes() == b"new"
     assert (tmp_path / "pch-b" / "h.h.gch").read_bytes() == b"pch"
     assert (tmp_path / "tr-b" / "0" / "HASH" / "k.cubin").read_bytes() == b"cubin"
-    assert receiver.all_files() == {"xy/new.so": b"new", "pch/h.h.gch": b"pch",
-                                    "triton/0/HASH/k.cubin": b"cubin"}
+    assert receiver.snapshot_files() == {"xy/new.so": b"new", "pch/h.h.gch": b"pch",
+                                         "triton/0/HASH/k.cubin": b"cubin"}
     assert not any(p.name.endswith(".so") for p in tmp_path.iterdir())
     assert sorted(os.listdir(dst)) == ["xy"]
+
+
+def test_snapshot_carries_this_jobs_headers_and_triton_files(tmp_path: Path) -> None:
+    """Their default dirs are per user: a snapshot takes the headers the job used, built or
+    received and the Triton files it built or received; not what other runs left there."""
+    root, pch, tr = tmp_path / "inductor", tmp_path / "pch", tmp_path / "triton"
+    for path, data in [(root / "ab" / "k.so", b"lib"), (pch / "mine.h", b"h"),
+                       (pch / "mine.h.gch", b"gch"), (pch / "old.h", b"h"),
+                       (pch / "old.h.gch", b"old gch"), (tr / "OLD" / "k.cubin", b"old"),
+                       (tr / "PEER" / "k.cubin", b"peer")]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    kernels = KernelFiles(str(root), str(pch), str(tr))
+    assert sorted(kernels.snapshot_files()) == ["ab/k.so"]  # every library, as before
+    kernels.note_header_used(str(pch / "mine.h"))
+    kernels.note_header_used(str(tmp_path / "elsewhere" / "old.h"))
+    (tr / "BUILT").mkdir()
+    (tr / "BUILT" / "k.cubin").write_bytes(b"built")
+    kernels.place({"triton/NEW/k.cubin": b"received", "pch/new.h.gch": b"received"})
+    kernels.note_received(["triton/PEER/k.cubin"])  # a snapshot another rank placed
+    assert sorted(kernels.snapshot_files()) == [
+        "ab/k.so", "pch/mine.h", "pch/mine.h.gch", "pch/new.h.gch", "triton/BUILT/k.cubin",
+        "triton/NEW/k.cubin", "triton/PEER/k.cubin"]
 
 
 def test_triton_kernels_travel_with_the_graph_and_their_groups_point_home(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import atexit
 import contextlib
 import dataclasses
 import functools
+import getpass
 import json
 import os
 import re
@@ -200,6 +201,27 @@ def store_variants(store_dir: Path, kind: str) -> dict[str, int]:
     for key_dir in store_dir.glob(f"v1/*/index/{kind}/*"):
         counts[key_dir.name] = len(index_entries(key_dir))
     return counts
+
+
+def snapshot_file_names(store_dir: Path) -> list[str]:
+    """The files every snapshot in a local store carries (all fingerprints and tags)."""
+    from coordinator import bundle
+    from coordinator.snapshot import open_decompressed
+    from storage import open_store
+    from storage.layout import decode_segment
+
+    names = []
+    for tag_dir in store_dir.glob("v1/*/snapshots/*"):
+        store = open_store(str(store_dir), fingerprint=tag_dir.parent.parent.name)
+        with open_decompressed(store.get_snapshot(decode_segment(tag_dir.name))) as stream:
+            names += bundle.Reader(stream).names
+    return names
+
+
+def header_dir(node: Path) -> Path:
+    """Where a job on `node` keeps Inductor's precompiled headers: under the default cache
+    dir, in the job's TMPDIR."""
+    return node / "tmp" / f"torchinductor_{getpass.getuser()}" / "precompiled_headers"
 
 
 def index_entries(key_dir: Path) -> list[Path]:

@@ -47,6 +47,12 @@ def train(tmp_path_factory: pytest.TempPathFactory) -> dict:
     args = ["--steps", "3"]
     baseline = jobs.run(jobs.TRAIN, args, node=tmp / "node-base", store=None,
                         out=tmp / "base").check()
+    # What other projects and environments left in the node's shared (per-user) dirs.
+    jobs.node_env(tmp / "node-a")
+    for path in (jobs.header_dir(tmp / "node-a") / "foreign.h.gch",
+                 tmp / "node-a" / "triton" / "FOREIGN" / "k.so"):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"another project's")
     cold = jobs.run(jobs.TRAIN, args, node=tmp / "node-a", store=str(store),
                     out=tmp / "cold", launcher_args=["--trace", str(tmp / "trace")]).check()
     cxx_env, cxx_log = jobs.compiler_log_env(tmp)
@@ -72,6 +78,10 @@ def test_warm_job_on_fresh_node_compiles_nothing(train: dict) -> None:
     assert_same_losses(warm, train["baseline"])
     # The cold job's rank 0 published a snapshot at exit; one rank of this node unpacked it.
     assert sum("snapshot_place_files" in s["phases"] for s in warm.stats) == 1, warm.stats
+    # It carried the precompiled header the cold job built, nothing of other projects.
+    carried = jobs.snapshot_file_names(train["store"])
+    assert any(n.startswith("pch/") and n.endswith(".gch") for n in carried), carried
+    assert not any("foreign" in n.lower() for n in carried), carried
     # It named every stored entry the node then had, the AOTAutograd entry rank 1 published
     # too (rank 0 built its own): nothing fetched one by one, so no new snapshot.
     for stats in warm.stats:
