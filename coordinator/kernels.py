@@ -138,7 +138,6 @@ class KernelFiles:
     def _scan_carried(self) -> list[str]:
         return [*self._scan_libraries(), *self._scan_triton()]
 
-
     def _scan_libraries(self) -> list[str]:
         suffixes = compat.cpp_kernel_suffixes()
         out = []

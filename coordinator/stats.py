@@ -39,7 +39,7 @@ class RankStats:
     materialized: int = 0  # variants written into PyTorch's local cache dirs
     published: int = 0
     # Seconds and calls per phase of our own work (index listing, object fetch, waiting for
-    # the prefetch, snapshot fetch/decompress/load, ...): where a warm start's time goes.
+    # the prefetch, snapshot fetch/unpack/load, ...): where a warm start's time goes.
     phases: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     # Compiles with a store configured, counted by why they missed ("new graph", "differs
     # in: Inductor config", ...), and the first MAX_MISS_DETAILS of them in full.

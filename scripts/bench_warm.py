@@ -5,7 +5,7 @@ its own warm caches: the floor), and ours cold then warm on a fresh node, on fil
 on s3:// (moto's server on loopback); the rows are scripts/bench.py's. A repeat's ratio
 is its warm row over its own warm-local row; the report gives each repeat's ratio and
 their mean, and where a warm job's time went: the coordinator's own phases (index
-listing, snapshot fetch/decompress/placing/Mega-Cache load, object fetches, waiting for
+listing, snapshot fetch/unpacking/Mega-Cache load, object fetches, waiting for
 the prefetch) and PyTorch's (`dynamo_timed` phases, summed per rank), each averaged over
 ranks and repeats. `--warm-repeat K` runs a repeat's warm rows K times after its cold
 rows (ours on a fresh node each time), each round one more sample of the warm ratio for
