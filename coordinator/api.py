@@ -149,7 +149,8 @@ def install(cache: str | None = None, config: Config | None = None, **settings: 
             snapshots = Snapshots(
                 store, tag, kernels,
                 publisher=rank == 0, quiet_s=config.snapshot_quiet_s,
-                compiled_count=lambda: stats.published + stats.loaded + stats.materialized,
+                compiled_count=lambda: (stats.published + stats.loaded + stats.materialized
+                                        + kernels.built_count()),
                 stats=stats, entry_names=entry_names, node=prepared.node_cache,
                 compile_stack=compile_stack,
                 # (`artifacts` exists before any snapshot is published)

@@ -52,10 +52,11 @@ class KernelFiles:
         self._header_dir = header_dir or compat.precompiled_header_dir()
         self._triton_dir = triton_dir or compat.triton_cache_root()
         self._lock = threading.Lock()
-        triton = self._scan_triton()
-        self._before = {*self._scan_headers(), *triton}
-        self._known = {*self._scan_libraries(), *triton}
-        self._kept: set[str] = set()  # of `_before`, the headers and Triton files still ours
+        libraries, triton = self._scan_libraries(), self._scan_triton()
+        self._before = {*libraries, *self._scan_headers(), *triton}  # this job's start
+        self._known = {*libraries, *triton}
+        self._received: set[str] = set()
+        self._used: set[str] = set()
 
     def dirs(self) -> tuple[str, str, str]:
         """Where received files go: Inductor's cache, its headers, Triton's cache."""
@@ -71,22 +72,31 @@ class KernelFiles:
     def snapshot_files(self) -> dict[str, bytes]:
         """What a snapshot carries (see the class)."""
         with self._lock:
-            kept = set(self._kept)
+            ours = self._received | self._used
         shared = [*self._scan_headers(), *self._scan_triton()]
         return self._read([*self._scan_libraries(),
-                           *(n for n in shared if n not in self._before or n in kept)])
+                           *(n for n in shared if n not in self._before or n in ours)])
+
+    def built_count(self) -> int:
+        """Files here that this job built: new since it started, not received. A job that
+        compiled no graph may still have built kernels its snapshot lacked (a node whose
+        Python lives at another path builds its own header and libraries)."""
+        with self._lock:
+            received = set(self._received)
+        now = {*self._scan_libraries(), *self._scan_headers(), *self._scan_triton()}
+        return len(now - self._before - received)
 
     def note_header_used(self, header: str) -> None:
         """Inductor used this precompiled header (`<name>.h`, built as `<name>.h.gch`)."""
         directory, base = os.path.split(os.path.abspath(header))
         if directory == os.path.abspath(self._header_dir):
             with self._lock:
-                self._kept.update(PCH_PREFIX + base + ext for ext in ("", ".gch", ".pch"))
+                self._used.update(PCH_PREFIX + base + ext for ext in ("", ".gch", ".pch"))
 
     def note_received(self, names: Iterable[str]) -> None:
         """Files of a snapshot or entry placed on this node (here or by another rank)."""
         with self._lock:
-            self._kept.update(names)
+            self._received.update(names)
 
     def place(self, files: dict[str, bytes]) -> int:
         """Write received files that are not here yet (atomically); returns how many."""

@@ -103,6 +103,10 @@ def test_snapshot_carries_this_jobs_headers_and_triton_files(tmp_path: Path) -> 
     assert sorted(kernels.snapshot_files()) == [
         "ab/k.so", "pch/mine.h", "pch/mine.h.gch", "pch/new.h.gch", "triton/BUILT/k.cubin",
         "triton/NEW/k.cubin", "triton/PEER/k.cubin"]
+    assert kernels.built_count() == 1  # BUILT: neither here at the start nor received
+    (root / "ef").mkdir()
+    (root / "ef" / "rebuilt.so").write_bytes(b"a library the snapshot lacked")
+    assert kernels.built_count() == 2
 
 
 def test_triton_kernels_travel_with_the_graph_and_their_groups_point_home(tmp_path: Path) -> None:

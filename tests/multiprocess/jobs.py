@@ -232,15 +232,18 @@ def index_entries(key_dir: Path) -> list[Path]:
 def compiler_log_env(tmp: Path) -> tuple[dict[str, str], Path]:
     """A `g++` first on PATH that logs each build, then runs the real one.
 
-    Inductor names its compiler `g++` in the command line its kernel hashes cover, so the
-    wrapper changes no key; it only shows which C++ files were built.
+    Inductor names its compiler `g++` in the command line its kernel hashes cover, and the
+    real one runs as `g++` too (`g++ -v`, which names how it was called, goes into the keys
+    of the vector-ISA probes and the precompiled header), so the wrapper changes no key; it
+    only shows which C++ files were built.
     """
     bindir, log = tmp / "cxx-bin", tmp / "cxx.log"
     bindir.mkdir(parents=True, exist_ok=True)
     real = subprocess.run(["which", "g++"], capture_output=True, text=True).stdout.strip()
     wrapper = bindir / "g++"
     wrapper.write_text(
-        f'#!/bin/sh\n[ "$1" = "--version" ] || echo "$@" >> "{log}"\nexec "{real}" "$@"\n'
+        f'#!/bin/bash\n[ "$1" = "--version" ] || echo "$@" >> "{log}"\n'
+        f'PATH="{os.environ["PATH"]}" exec -a g++ "{real}" "$@"\n'  # finds its own parts
     )
     wrapper.chmod(0o755)
     return {"PATH": f"{bindir}:{os.environ['PATH']}"}, log

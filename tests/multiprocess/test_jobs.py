@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,7 +84,8 @@ def test_warm_job_on_fresh_node_compiles_nothing(train: dict) -> None:
     assert any(n.startswith("pch/") and n.endswith(".gch") for n in carried), carried
     assert not any("foreign" in n.lower() for n in carried), carried
     # It named every stored entry the node then had, the AOTAutograd entry rank 1 published
-    # too (rank 0 built its own): nothing fetched one by one, so no new snapshot.
+    # too (rank 0 built its own): nothing fetched one by one and nothing built (no ISA probe,
+    # no header: a snapshot would carry what a node built), so no new snapshot.
     for stats in warm.stats:
         assert stats["materialized"] == 0 and stats["loaded"] == 0, stats
         assert "snapshot_publish" not in stats["phases"], stats["phases"]
@@ -211,6 +213,43 @@ def test_cold_then_warm_on_s3(s3_bucket: str, tmp_path: Path) -> None:
         assert stats["fxgraph_cache_miss"] == 0, stats
     for got, want in zip(warm.outs, cold.outs, strict=True):
         assert got["losses"] == pytest.approx(want["losses"], rel=1e-5, abs=1e-6)
+
+
+def test_node_that_built_what_the_snapshot_lacked_publishes_it(train: dict,
+                                                               tmp_path: Path) -> None:
+    """A snapshot without this environment's header and libraries (as one made where
+    Python lives at another path): the job builds them although every graph hits, and
+    publishes a snapshot with them, so that the next fresh node builds nothing."""
+    from coordinator import bundle
+    from coordinator.snapshot import compress, open_decompressed
+    from storage import open_store
+    from storage.layout import decode_segment
+
+    store = tmp_path / "store"
+    shutil.copytree(train["store"], store)
+    (tag_dir,) = store.glob("v1/*/snapshots/*")
+    stored = open_store(str(store), fingerprint=tag_dir.parent.parent.name)
+    tag = decode_segment(tag_dir.name)
+    with open_decompressed(stored.get_snapshot(tag)) as stream:
+        old = bundle.Reader(stream)
+        files = {n: body.read() for n, body in old.files()}
+        payload, meta = old.payload, old.meta
+    kept = {n: d for n, d in files.items() if not n.startswith("pch/") and not n.endswith(".so")}
+    assert len(kept) < len(files)
+    stored.put_snapshot(tag, compress(bundle.pack(payload, kept, meta)))
+
+    built_env, built_log = jobs.compiler_log_env(tmp_path / "cxx-a")
+    first = jobs.run(jobs.TRAIN, ["--steps", "3"], node=tmp_path / "node-a", store=str(store),
+                     out=tmp_path / "a", env=built_env).check()
+    assert first.total("fxgraph_cache_miss") == 0, first.stats
+    assert jobs.kernels_built(built_log), "the job had nothing to build: the test is void"
+    assert "published snapshot" in first.output, first.output[-3000:]
+    clean_env, clean_log = jobs.compiler_log_env(tmp_path / "cxx-b")
+    second = jobs.run(jobs.TRAIN, ["--steps", "3"], node=tmp_path / "node-b",
+                      store=str(store), out=tmp_path / "b", env=clean_env).check()
+    assert second.total("fxgraph_cache_miss") == 0, second.stats
+    assert jobs.kernels_built(clean_log) == []
+    assert_same_losses(second, train["baseline"])
 
 
 def fx_keys_on_s3(bucket: str) -> list[str]:
