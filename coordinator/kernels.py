@@ -41,9 +41,11 @@ class KernelFiles:
     A snapshot carries every kernel library here, but not every precompiled header or
     Triton file: their default dirs are per user (`/tmp/torchinductor_<user>`), shared by
     every project and Python environment on the machine, with a header of ~150 MB per
-    environment and Triton kernels of every project. Of those it carries what appeared
-    since the job started, the headers its Inductor used (`note_header_used`: a node warm
-    from earlier runs has them already) and what it received from the store.
+    environment and Triton kernels of every project. Of Triton's files it carries those the
+    job built or received from the store; of the headers, those it built or its Inductor
+    used (`note_header_used`: a node warm from earlier runs has them already), and the
+    received ones only where it used none (a header of another environment would cost
+    every fresh node its 150 MB).
     """
 
     def __init__(self, root: str | None = None, header_dir: str | None = None,
@@ -72,10 +74,16 @@ class KernelFiles:
     def snapshot_files(self) -> dict[str, bytes]:
         """What a snapshot carries (see the class)."""
         with self._lock:
-            ours = self._received | self._used
+            received, used = set(self._received), set(self._used)
+
+        def ours(name: str) -> bool:
+            built = name not in self._before and name not in received
+            if name.startswith(PCH_PREFIX):  # one per environment, ~150 MB: those used here
+                return built or name in used or (not used and name in received)
+            return built or name in received
+
         shared = [*self._scan_headers(), *self._scan_triton()]
-        return self._read([*self._scan_libraries(),
-                           *(n for n in shared if n not in self._before or n in ours)])
+        return self._read([*self._scan_libraries(), *filter(ours, shared)])
 
     def built_count(self) -> int:
         """Files here that this job built: new since it started, not received. A job that

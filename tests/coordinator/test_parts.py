@@ -83,8 +83,9 @@ def test_kernel_files_take_new_and_place(tmp_path: Path) -> None:
 
 
 def test_snapshot_carries_this_jobs_headers_and_triton_files(tmp_path: Path) -> None:
-    """Their default dirs are per user: a snapshot takes the headers the job used, built or
-    received and the Triton files it built or received; not what other runs left there."""
+    """Their default dirs are per user: a snapshot takes the headers the job used or built
+    and the Triton files it built or received; not what other runs left there, nor another
+    environment's header it received but did not use."""
     root, pch, tr = tmp_path / "inductor", tmp_path / "pch", tmp_path / "triton"
     for path, data in [(root / "ab" / "k.so", b"lib"), (pch / "mine.h", b"h"),
                        (pch / "mine.h.gch", b"gch"), (pch / "old.h", b"h"),
@@ -94,19 +95,22 @@ def test_snapshot_carries_this_jobs_headers_and_triton_files(tmp_path: Path) -> 
         path.write_bytes(data)
     kernels = KernelFiles(str(root), str(pch), str(tr))
     assert sorted(kernels.snapshot_files()) == ["ab/k.so"]  # every library, as before
+    kernels.place({"pch/other-env.h.gch": b"received"})
+    assert sorted(kernels.snapshot_files()) == ["ab/k.so", "pch/other-env.h.gch"]  # none used
     kernels.note_header_used(str(pch / "mine.h"))
     kernels.note_header_used(str(tmp_path / "elsewhere" / "old.h"))
     (tr / "BUILT").mkdir()
     (tr / "BUILT" / "k.cubin").write_bytes(b"built")
-    kernels.place({"triton/NEW/k.cubin": b"received", "pch/new.h.gch": b"received"})
+    (pch / "built.h.gch").write_bytes(b"built here")
+    kernels.place({"triton/NEW/k.cubin": b"received"})
     kernels.note_received(["triton/PEER/k.cubin"])  # a snapshot another rank placed
     assert sorted(kernels.snapshot_files()) == [
-        "ab/k.so", "pch/mine.h", "pch/mine.h.gch", "pch/new.h.gch", "triton/BUILT/k.cubin",
+        "ab/k.so", "pch/built.h.gch", "pch/mine.h", "pch/mine.h.gch", "triton/BUILT/k.cubin",
         "triton/NEW/k.cubin", "triton/PEER/k.cubin"]
-    assert kernels.built_count() == 1  # BUILT: neither here at the start nor received
+    assert kernels.built_count() == 2  # neither here at the start nor received
     (root / "ef").mkdir()
     (root / "ef" / "rebuilt.so").write_bytes(b"a library the snapshot lacked")
-    assert kernels.built_count() == 2
+    assert kernels.built_count() == 3
 
 
 def test_triton_kernels_travel_with_the_graph_and_their_groups_point_home(tmp_path: Path) -> None:
