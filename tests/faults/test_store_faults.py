@@ -42,7 +42,8 @@ def test_store_unreachable_at_start(tmp_path: Path) -> None:
     # may hit what the other wrote into the node's local cache (PyTorch's own, shared).
     for stats in job.stats:
         assert stats["waits"] == 0 and stats["claimed"] == 0, stats
-        assert stats["fxgraph_cache_miss"] + stats["autograd_cache_hit"] == 1, stats
+        found_locally = stats["fxgraph_cache_hit"] + stats["autograd_cache_hit"] > 0
+        assert stats["fxgraph_cache_miss"] == 1 or found_locally, stats
     assert job.total("fxgraph_cache_miss") >= 1, job.stats
     assert "Traceback" not in job.output
     assert time.monotonic() - t0 < 150
