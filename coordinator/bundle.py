@@ -51,9 +51,10 @@ class Reader:
     """A bundle read from a stream in order, so that a large one (a snapshot) goes from its
     decompressor to its files a chunk at a time, never whole in memory.
 
-    `payload` and `meta` are read at once; `files()` yields each file's name and its
-    `Body`, valid until the next file (what is left unread is skipped); `check_end()`
-    then says the stream held nothing more.
+    The header (`names`, `meta`) is read at once, `payload` on first use (a reader that
+    wants the names alone decompresses nothing more); `files()` yields each file's name
+    and its `Body`, valid until the next file (what is left unread is skipped);
+    `check_end()` then says the stream held nothing more.
     """
 
     def __init__(self, stream: BinaryIO) -> None:
@@ -67,15 +68,22 @@ class Reader:
             self.meta = header.get("meta", {})
             if not isinstance(self.meta, dict):
                 raise TypeError("meta is not a mapping")
-            self.payload = self._read(int(header["payload"]))
+            self._payload: bytes | int = int(header["payload"])  # its size until read
         except (struct.error, ValueError, KeyError, TypeError) as exc:
             raise BundleError(f"damaged bundle: {exc}") from None
+
+    @property
+    def payload(self) -> bytes:
+        if isinstance(self._payload, int):
+            self._payload = self._read(self._payload)
+        return self._payload
 
     @property
     def names(self) -> list[str]:
         return [name for name, _ in self._sizes]
 
     def files(self) -> Iterator[tuple[str, Body]]:
+        self.payload  # noqa: B018 - read now: the stream holds it before the files
         for name, size in self._sizes:
             body = Body(self._read, size)
             yield name, body

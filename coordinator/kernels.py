@@ -54,9 +54,8 @@ class KernelFiles:
         self._header_dir = header_dir or compat.precompiled_header_dir()
         self._triton_dir = triton_dir or compat.triton_cache_root()
         self._lock = threading.Lock()
-        libraries, triton = self._scan_libraries(), self._scan_triton()
-        self._before = {*libraries, *self._scan_headers(), *triton}  # this job's start
-        self._known = {*libraries, *triton}
+        self._before = set(self._scan_all())  # this job's start
+        self._known = {n for n in self._before if not n.startswith(PCH_PREFIX)}
         self._received: set[str] = set()
         self._used: set[str] = set()
 
@@ -91,8 +90,7 @@ class KernelFiles:
         Python lives at another path builds its own header and libraries)."""
         with self._lock:
             received = set(self._received)
-        now = {*self._scan_libraries(), *self._scan_headers(), *self._scan_triton()}
-        return len(now - self._before - received)
+        return len(set(self._scan_all()) - self._before - received)
 
     def note_header_used(self, header: str) -> None:
         """Inductor used this precompiled header (`<name>.h`, built as `<name>.h.gch`)."""
@@ -155,6 +153,9 @@ class KernelFiles:
 
     def _scan_carried(self) -> list[str]:
         return [*self._scan_libraries(), *self._scan_triton()]
+
+    def _scan_all(self) -> list[str]:
+        return [*self._scan_carried(), *self._scan_headers()]
 
     def _scan_libraries(self) -> list[str]:
         suffixes = compat.cpp_kernel_suffixes()

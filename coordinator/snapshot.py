@@ -211,7 +211,7 @@ class Snapshots:
                 done = node.note(note)
                 if done is not None:
                     self._entry_names.update(json.loads(done))
-                    with open_decompressed(blob) as stream:  # its header, not its files
+                    with open_decompressed(blob) as stream:  # its header alone
                         self._kernels.note_received(bundle.Reader(stream).names)
                     log.info("snapshot %r already placed on this node", self._tag)
                     return

@@ -22,8 +22,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from coordinator import compat
+
+if TYPE_CHECKING:
+    from storage.store import ArtifactStore
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = REPO / "examples" / "train.py"
@@ -203,17 +207,23 @@ def store_variants(store_dir: Path, kind: str) -> dict[str, int]:
     return counts
 
 
+def snapshot_tags(store_dir: Path) -> list[tuple[ArtifactStore, str]]:
+    """(store, tag) for every snapshot tag in a local store, of every fingerprint."""
+    from storage import open_store
+    from storage.layout import decode_segment
+
+    return [(open_store(str(store_dir), fingerprint=tag_dir.parent.parent.name),
+             decode_segment(tag_dir.name)) for tag_dir in store_dir.glob("v1/*/snapshots/*")]
+
+
 def snapshot_file_names(store_dir: Path) -> list[str]:
     """The files every snapshot in a local store carries (all fingerprints and tags)."""
     from coordinator import bundle
     from coordinator.snapshot import open_decompressed
-    from storage import open_store
-    from storage.layout import decode_segment
 
     names = []
-    for tag_dir in store_dir.glob("v1/*/snapshots/*"):
-        store = open_store(str(store_dir), fingerprint=tag_dir.parent.parent.name)
-        with open_decompressed(store.get_snapshot(decode_segment(tag_dir.name))) as stream:
+    for store, tag in snapshot_tags(store_dir):
+        with open_decompressed(store.get_snapshot(tag)) as stream:
             names += bundle.Reader(stream).names
     return names
 

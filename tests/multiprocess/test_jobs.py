@@ -222,14 +222,10 @@ def test_node_that_built_what_the_snapshot_lacked_publishes_it(train: dict,
     publishes a snapshot with them, so that the next fresh node builds nothing."""
     from coordinator import bundle
     from coordinator.snapshot import compress, open_decompressed
-    from storage import open_store
-    from storage.layout import decode_segment
 
     store = tmp_path / "store"
     shutil.copytree(train["store"], store)
-    (tag_dir,) = store.glob("v1/*/snapshots/*")
-    stored = open_store(str(store), fingerprint=tag_dir.parent.parent.name)
-    tag = decode_segment(tag_dir.name)
+    ((stored, tag),) = jobs.snapshot_tags(store)
     with open_decompressed(stored.get_snapshot(tag)) as stream:
         old = bundle.Reader(stream)
         files = {n: body.read() for n, body in old.files()}
