@@ -179,6 +179,8 @@ class Artifacts:
         snapshot's Mega-Cache carries) as it starts on a frame, and the graphs PyTorch
         then loads need the snapshot's entries and CPU probes."""
         self._compiles.started = (time.time(), compat.current_compile_id())
+        if self._snapshots is not None:
+            self._snapshots.compile_started()
         self._await_ready()
 
     def compile_ended(self) -> None:

@@ -58,6 +58,7 @@ class KernelFiles:
         self._known = {n for n in self._before if not n.startswith(PCH_PREFIX)}
         self._received: set[str] = set()
         self._used: set[str] = set()
+        self._built: set[str] = set()
 
     def dirs(self) -> tuple[str, str, str]:
         """Where received files go: Inductor's cache, its headers, Triton's cache."""
@@ -87,10 +88,14 @@ class KernelFiles:
     def built_count(self) -> int:
         """Files here that this job built: new since it started, not received. A job that
         compiled no graph may still have built kernels its snapshot lacked (a node whose
-        Python lives at another path builds its own header and libraries)."""
+        Python lives at another path builds its own header and libraries).
+
+        Counted for good once seen: a file another rank of the node built counts until
+        this rank loads the entry that carries it, and a count that fell then could hide,
+        at exit, what a snapshot published in between lacks."""
         with self._lock:
-            received = set(self._received)
-        return len(set(self._scan_all()) - self._before - received)
+            self._built |= set(self._scan_all()) - self._before - self._received
+            return len(self._built)
 
     def note_header_used(self, header: str) -> None:
         """Inductor used this precompiled header (`<name>.h`, built as `<name>.h.gch`)."""
@@ -113,6 +118,7 @@ class KernelFiles:
         placed, names = 0, []
         for name, body in files:
             names.append(name)
+            self.note_received([name])  # before it appears: never counted as built here
             path = self._path(name)
             if path is None or os.path.exists(path):
                 continue
@@ -124,7 +130,6 @@ class KernelFiles:
             placed += 1
         with self._lock:
             self._known |= {n for n in names if not n.startswith(PCH_PREFIX)}
-        self.note_received(names)
         return placed
 
     def _path(self, name: str) -> str | None:

@@ -140,8 +140,17 @@ class Snapshots:
                         self._tag, timeout_s)
             self.ready.set()
 
+    def compile_started(self) -> None:
+        """A compile under way is no quiet: the timer waits for its end. (A rank that waits
+        in its compile for another rank's would otherwise publish a snapshot lacking what
+        the other is building.)"""
+        if not self._publisher:
+            return
+        with self._lock:
+            self._cancel_timer()
+
     def compile_ended(self) -> None:
-        """Re-arm the quiet timer: warm-up has ended when no compile ends for quiet_s."""
+        """Re-arm the quiet timer: warm-up has ended when no compile runs for quiet_s."""
         if not self._publisher:
             return
         with self._lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from coordinator import bundle
 from coordinator.config import Config
 from coordinator.errors import ConfigError
 from coordinator.kernels import KernelFiles
+from coordinator.snapshot import Snapshots
+from coordinator.stats import RankStats
 from storage.units import parse_size
 
 
@@ -111,6 +114,38 @@ def test_snapshot_carries_this_jobs_headers_and_triton_files(tmp_path: Path) -> 
     (root / "ef").mkdir()
     (root / "ef" / "rebuilt.so").write_bytes(b"a library the snapshot lacked")
     assert kernels.built_count() == 3
+
+
+def test_a_file_counted_as_built_stays_counted(tmp_path: Path) -> None:
+    """Another rank of the node builds a library: it counts as built here until this rank
+    loads the entry carrying it, and must go on counting, or the exit's publish, which
+    compares counts, misses what a snapshot published in between lacked. A file placed
+    from the store never counts."""
+    root = tmp_path / "inductor"
+    kernels = KernelFiles(str(root), str(tmp_path / "pch"), str(tmp_path / "triton"))
+    (root / "ab").mkdir(parents=True)
+    (root / "ab" / "peer.so").write_bytes(b"built by the other rank")
+    assert kernels.built_count() == 1
+    kernels.note_received(["ab/peer.so"])  # this rank loads the entry that carries it
+    kernels.place({"cd/stored.so": b"from the store"})
+    assert kernels.built_count() == 1
+
+
+def test_no_quiet_snapshot_while_a_compile_runs(tmp_path: Path) -> None:
+    """The quiet timer restarts at a compile's end, not its start: a rank waiting inside
+    its compile for another rank's publishes nothing until that compile has ended."""
+    checks: list[int] = []
+    kernels = KernelFiles(str(tmp_path / "i"), str(tmp_path / "p"), str(tmp_path / "t"))
+    snapshots = Snapshots(None, "tag", kernels, publisher=True, quiet_s=0.05,  # type: ignore[arg-type]
+                          compiled_count=lambda: checks.append(1) or 0,
+                          stats=RankStats(rank=0), entry_names={})
+    snapshots.compile_ended()
+    snapshots.compile_started()
+    time.sleep(0.3)
+    assert checks == []  # the timer did not fire mid-compile
+    snapshots.compile_ended()
+    time.sleep(0.3)
+    assert checks == [1]  # quiet after the end: it looks for something to publish
 
 
 def test_triton_kernels_travel_with_the_graph_and_their_groups_point_home(tmp_path: Path) -> None:
