@@ -45,7 +45,7 @@ class Config:
     """Snapshot name; the launcher derives it from the script when not given."""
     snapshot: bool = True
     snapshot_quiet_s: float = 30.0
-    """Warm-up has ended when no compile ends for this long: rank 0 publishes a snapshot."""
+    """Warm-up has ended when no compile has run for this long: rank 0 publishes a snapshot."""
     normalize_devices: bool = True
     ddp_graph_split: bool = True
     """False compiles a DDP model as one graph: AOTAutograd's cache then works (DDP's
