@@ -93,8 +93,11 @@ class KernelFiles:
         Counted for good once seen: a file another rank of the node built counts until
         this rank loads the entry that carries it, and a count that fell then could hide,
         at exit, what a snapshot published in between lacks."""
+        # Scanned outside the lock, which placing takes per file: a placed file is noted
+        # as received before it is written, so a scan that sees it finds it received.
+        now = set(self._scan_all()) - self._before
         with self._lock:
-            self._built |= set(self._scan_all()) - self._before - self._received
+            self._built |= now - self._received
             return len(self._built)
 
     def note_header_used(self, header: str) -> None:
