@@ -143,7 +143,7 @@ def start(name: str, work: Path, node: Path, script: Path, args: list[str], *,
     cmd += [str(script), *args, "--out", str(out / "out")]
     full_env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
     full_env.update(SAFE_ENV)
-    full_env.update(node_env(node, seed_probes=False))
+    full_env.update(node_env(node, seed=False))
     if compile_threads is not None:
         full_env["TORCHINDUCTOR_COMPILE_THREADS"] = compile_threads
     full_env.update({

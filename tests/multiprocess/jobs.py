@@ -50,13 +50,20 @@ class Job:
         return sum(s[counter] for s in self.stats)
 
 
-def node_env(node: Path, *, seed_probes: bool = True) -> dict[str, str]:
+def node_env(node: Path, *, seed: bool = True) -> dict[str, str]:
     """A node's directories (made if new). A new node is a machine that has run Inductor
-    before but never these graphs: Inductor's vector-ISA probes are seeded into its cache
-    (`seed_probes=False`: a machine that never ran it)."""
+    before but never these graphs: Inductor's per-machine C++ scaffolding (vector-ISA
+    probes, precompiled header) is seeded into it (`seed=False`: a machine that never ran
+    it, which builds both)."""
     inductor = node / "inductor"
-    if seed_probes and not inductor.exists():
-        shutil.copytree(cpu_probes(), inductor, ignore=shutil.ignore_patterns("locks"))
+    if seed and not inductor.exists():
+        scaffolding = cpu_scaffolding()
+        shutil.copytree(scaffolding / "inductor", inductor,
+                        ignore=shutil.ignore_patterns("locks"))
+        # Hard links: 150 MB that no job writes (Inductor builds a header only where it
+        # has none).
+        shutil.copytree(header_dir(scaffolding), header_dir(node), copy_function=os.link,
+                        ignore=shutil.ignore_patterns("locks"))
     for sub in ("inductor", "triton", "objects", "tmp"):
         (node / sub).mkdir(parents=True, exist_ok=True)
     return {
@@ -68,20 +75,35 @@ def node_env(node: Path, *, seed_probes: bool = True) -> dict[str, str]:
 
 
 @functools.cache
-def cpu_probes() -> Path:
-    """Inductor's vector-ISA probes, built once per test process: each is a g++ build of
-    Inductor's vector headers, 13 s in all on 2 cores, paid again by every fresh cache dir
-    although it tests nothing of ours (the snapshot carries them to really fresh nodes)."""
-    probes = Path(tempfile.mkdtemp(prefix="pt2cc-isa-probes-"))
-    atexit.register(shutil.rmtree, probes, ignore_errors=True)
-    subprocess.run([sys.executable, "-c", "from torch._inductor import cpu_vec_isa as v; "
-                    "v.pick_vec_isa()"], check=True, timeout=300,
-                   env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(probes),
-                        "CUDA_VISIBLE_DEVICES": ""})
-    return probes
+def cpu_scaffolding() -> Path:
+    """A node dir holding Inductor's vector-ISA probes and precompiled header, built once
+    per test process: g++ builds of Inductor's headers, some 20 s on 2 cores, that every
+    fresh cache dir would pay again although they test nothing of ours (the snapshot
+    carries them to really fresh nodes). Built as the jobs build them (`cpu_job_env`); the
+    header comes from a compile whose own cache entries go to a scratch dir, not the seed."""
+    seed = Path(tempfile.mkdtemp(prefix="pt2cc-seed-node-"))
+    atexit.register(shutil.rmtree, seed, ignore_errors=True)
+    env = {**os.environ, **_cpu_settings(), "TORCHINDUCTOR_CACHE_DIR": str(seed / "inductor"),
+           "TMPDIR": str(seed / "tmp"), "SCRATCH": str(seed / "scratch")}
+    (seed / "tmp").mkdir()
+    build = ("import os, torch; from torch._inductor import cpu_vec_isa as v; v.pick_vec_isa(); "
+             "os.environ['TORCHINDUCTOR_CACHE_DIR'] = os.environ['SCRATCH']; "
+             "torch.compile(lambda x: x.sin() + 1)(torch.ones(8))")
+    subprocess.run([sys.executable, "-c", build], check=True, timeout=600, env=env)
+    assert list(header_dir(seed).glob("*.gch")), "no precompiled header was built"
+    return seed
 
 
-def cpu_job_env(node: Path, *, seed_probes: bool = True) -> dict[str, str]:
+def _cpu_settings() -> dict[str, str]:
+    """What every CPU job of the tests sets besides its node's directories (`cpu_job_env`)."""
+    env = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+           "TORCHINDUCTOR_COMPILE_THREADS": "1"}
+    if compat.isa_probes_import_torch():
+        env["TORCHINDUCTOR_VEC_ISA_OK"] = "1"
+    return env
+
+
+def cpu_job_env(node: Path, *, seed: bool = True) -> dict[str, str]:
     """The environment of a CPU job (gloo) on a simulated node: no GPU even where one is
     visible, this checkout first on the path (wheels a GPU machine adds stay on it), and
     Inductor compiling in the rank's own process (by default each rank would start a
@@ -90,13 +112,9 @@ def cpu_job_env(node: Path, *, seed_probes: bool = True) -> dict[str, str]:
     per process, per job), the ISA is taken as the CPU reports it, unprobed, in every job
     alike (the setting is part of the FX key): the probes' own handling is then covered
     on torch 2.13 only."""
-    env = {**node_env(node, seed_probes=seed_probes), "CUDA_VISIBLE_DEVICES": "",
-           "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
-                                                       os.environ.get("PYTHONPATH")]))}
-    if compat.isa_probes_import_torch():
-        env["TORCHINDUCTOR_VEC_ISA_OK"] = "1"
-    return env
+    return {**node_env(node, seed=seed), **_cpu_settings(),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
+                                                        os.environ.get("PYTHONPATH")]))}
 
 
 def free_port() -> int:
@@ -107,9 +125,9 @@ def free_port() -> int:
 
 def start(script: Path, args: list[str], *, node: Path, store: str | None, out: Path,
           nproc: int = 2, launcher_args: list[str] = (), torchrun_args: list[str] = (),
-          env: dict[str, str] | None = None, seed_probes: bool = True) -> subprocess.Popen:
+          env: dict[str, str] | None = None, seed: bool = True) -> subprocess.Popen:
     """Start `torchrun [-m coordinator --cache STORE] SCRIPT ARGS`; store=None: uncoordinated.
-    `seed_probes`: see `node_env`."""
+    `seed`: see `node_env`."""
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
            "--nproc-per-node", str(nproc), "--rdzv-backend", "c10d",
@@ -118,7 +136,7 @@ def start(script: Path, args: list[str], *, node: Path, store: str | None, out: 
         cmd += ["-m", "coordinator", "--cache", store, "--stats-file", str(out / "stats"),
                 *launcher_args]
     cmd += [str(script), *args, "--out", str(out / "out")]
-    full_env = {**os.environ, **cpu_job_env(node, seed_probes=seed_probes), **(env or {})}
+    full_env = {**os.environ, **cpu_job_env(node, seed=seed), **(env or {})}
     # A session of its own: a job past its deadline is killed whole (`finish`).
     return subprocess.Popen(cmd, env=full_env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)

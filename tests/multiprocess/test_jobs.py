@@ -52,13 +52,13 @@ def train(tmp_path_factory: pytest.TempPathFactory) -> dict:
     jobs.node_env(tmp / "node-a")
     for path in (jobs.header_dir(tmp / "node-a") / "foreign.h.gch",
                  tmp / "node-a" / "triton" / "FOREIGN" / "k.so"):
-        path.parent.mkdir(parents=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"another project's")
     cold = jobs.run(jobs.TRAIN, args, node=tmp / "node-a", store=str(store),
                     out=tmp / "cold", launcher_args=["--trace", str(tmp / "trace")]).check()
     cxx_env, cxx_log = jobs.compiler_log_env(tmp)
     warm = jobs.run(jobs.TRAIN, args, node=tmp / "node-b", store=f"file://{store}",
-                    out=tmp / "warm", env=cxx_env, seed_probes=False).check()
+                    out=tmp / "warm", env=cxx_env, seed=False).check()
     return {"baseline": baseline, "cold": cold, "warm": warm, "store": store, "cxx": cxx_log,
             "nodes": tmp}
 
