@@ -5,8 +5,8 @@ The fault sits in an Inductor post-grad pass, so it fires only on a rank that co
 - DIE_ONCE_MARKER=PATH: SIGKILL, once per marker file; whoever compiles after that (a
   survivor or a restarted group) compiles normally.
 - SLOW_COMPILE_S=S: sleep S seconds, so every other rank is surely waiting at the publish.
-No process group: the job's c10d store (torchrun's, or the test's) is all the coordinator
-needs.
+No process group unless `--group` (gloo, from the environment, as a training script
+starts one): the job's c10d store (torchrun's, or the test's) is all the coordinator needs.
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ class ClaimantFault(CustomGraphPass):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
+    p.add_argument("--group", action="store_true", help="start a gloo process group first")
     args = p.parse_args()
+    if args.group:
+        torch.distributed.init_process_group("gloo")
     torch._inductor.config.post_grad_custom_post_pass = ClaimantFault()
     x = torch.arange(12.0).reshape(3, 4)
     y = torch.compile(lambda t: (t.sin() + 1).sum(dim=1))(x)
@@ -49,6 +52,9 @@ def main() -> None:
     with open(f"{args.out}.rank{rank}.json", "w") as f:
         json.dump({"rank": rank, "y": y.tolist(),
                    "restart": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))}, f)
+    if args.group:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
