@@ -293,3 +293,11 @@ def kernels_built(log: Path) -> list[str]:
             if is_source and re.search(r"\bvoid\s+kernel\(", Path(arg).read_text()):
                 built.append(arg)
     return built
+
+
+def headers_built(log: Path) -> list[str]:
+    """Precompiled headers (`*.h.gch`) that were built."""
+    if not log.exists():
+        return []
+    return [arg for line in log.read_text().splitlines() for arg in line.split()
+            if arg.endswith(".gch")]

@@ -240,16 +240,18 @@ def test_node_that_built_what_the_snapshot_lacked_publishes_it(train: dict,
     stored.put_snapshot(tag, compress(bundle.pack(payload, kept, meta)))
 
     built_env, built_log = jobs.compiler_log_env(tmp_path / "cxx-a")
+    # Machines that never ran Inductor (other tests' nodes have its header already).
     first = jobs.run(jobs.TRAIN, ["--steps", "3"], node=tmp_path / "node-a", store=str(store),
-                     out=tmp_path / "a", env=built_env).check()
+                     out=tmp_path / "a", env=built_env, seed=False).check()
     assert first.total("fxgraph_cache_miss") == 0, first.stats
     assert jobs.kernels_built(built_log), "the job had nothing to build: the test is void"
+    assert jobs.headers_built(built_log), "the job built no header: the test is void"
     assert "published snapshot" in first.output, first.output[-3000:]
     clean_env, clean_log = jobs.compiler_log_env(tmp_path / "cxx-b")
     second = jobs.run(jobs.TRAIN, ["--steps", "3"], node=tmp_path / "node-b",
-                      store=str(store), out=tmp_path / "b", env=clean_env).check()
+                      store=str(store), out=tmp_path / "b", env=clean_env, seed=False).check()
     assert second.total("fxgraph_cache_miss") == 0, second.stats
-    assert jobs.kernels_built(clean_log) == []
+    assert jobs.kernels_built(clean_log) == [] and jobs.headers_built(clean_log) == []
     assert_same_losses(second, train["baseline"])
 
 
