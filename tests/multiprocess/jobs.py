@@ -60,9 +60,9 @@ def node_env(node: Path, *, seed: bool = True) -> dict[str, str]:
         scaffolding = cpu_scaffolding()
         shutil.copytree(scaffolding / "inductor", inductor,
                         ignore=shutil.ignore_patterns("locks"))
-        # Hard links: 150 MB that no job writes (Inductor builds a header only where it
-        # has none).
-        shutil.copytree(header_dir(scaffolding), header_dir(node), copy_function=os.link,
+        # Hard links where the file system allows: 150 MB that no job writes (Inductor
+        # builds a header only where it has none; snapshots place only missing files).
+        shutil.copytree(header_dir(scaffolding), header_dir(node), copy_function=_link_or_copy,
                         ignore=shutil.ignore_patterns("locks"))
     for sub in ("inductor", "triton", "objects", "tmp"):
         (node / sub).mkdir(parents=True, exist_ok=True)
@@ -92,6 +92,13 @@ def cpu_scaffolding() -> Path:
     subprocess.run([sys.executable, "-c", build], check=True, timeout=600, env=env)
     assert list(header_dir(seed).glob("*.gch")), "no precompiled header was built"
     return seed
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system (a --basetemp elsewhere)
+        shutil.copy2(src, dst)
 
 
 def _cpu_settings() -> dict[str, str]:
