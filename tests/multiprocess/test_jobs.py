@@ -263,8 +263,8 @@ def fx_keys_on_s3(bucket: str) -> list[str]:
 
 
 def test_two_jobs_at_once_on_one_store(tmp_path: Path) -> None:
-    """Two jobs publish the same keys (and their snapshots) at once: both finish right, and
-    the store verifies, every index entry naming a whole object."""
+    """Two jobs publish the same keys at once: both finish right, and the store verifies,
+    every index entry naming a whole object."""
     store = tmp_path / "store"
     t0 = time.monotonic()
     procs = [jobs.start(DIE, [], node=tmp_path / f"node-{i}", store=str(store),
